@@ -1,0 +1,13 @@
+"""The django-ninja management API: one Router per app, mounted here."""
+
+from __future__ import annotations
+
+from ninja import NinjaAPI
+
+api = NinjaAPI(title="LLM control management API", version="1", urls_namespace="api")
+
+
+@api.get("/version", tags=["meta"])
+def version(request: object) -> dict[str, str]:
+    """The platform's version."""
+    return {"version": "0.1.0"}

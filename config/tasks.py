@@ -1,0 +1,13 @@
+"""Platform-level Celery tasks."""
+
+from __future__ import annotations
+
+import socket
+
+from celery import shared_task
+
+
+@shared_task(name="config.ping")
+def ping(payload: str = "ping") -> dict[str, str]:
+    """Echo back with the worker's host name: proves a real worker picked the task up."""
+    return {"payload": payload, "worker_host": socket.gethostname()}
