@@ -31,6 +31,7 @@ MEDIA_URL = "/media/"
 STATIC_ROOT = Path(env("STATIC_ROOT", str(DATA_DIR / "static"))).resolve()
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # WhiteNoise serves static files in every mode; the finders mean no collectstatic is needed to start.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
@@ -166,10 +167,27 @@ SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 if envbool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+FORMS_URLFIELD_ASSUME_HTTPS = True
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+
+# --- Gateway ---------------------------------------------------------------------------------------
+API_KEY_PREFIX = env("API_KEY_PREFIX", "llmc")
+# Fernet keys for provider credentials at rest, newest first; unset = derived from SECRET_KEY.
+CREDENTIALS_KEYS = envlist("CREDENTIALS_KEYS", "")
+GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", 32 * 1024 * 1024)
+# How long a process trusts its cached view of keys and the catalogue without any change signal.
+GATEWAY_CACHE_TTL = envfloat("GATEWAY_CACHE_TTL", 300.0)
+# How often each process checks the change signal (revocations reach every process within this).
+GATEWAY_CONFIG_POLL_SECONDS = envfloat("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
+GATEWAY_UPSTREAM_MAX_CONNECTIONS = envint("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 512)
+# The upstream client's connection pool: "aiohttp" (fast) or "httpcore" (httpx's own).
+GATEWAY_HTTP_TRANSPORT = env("GATEWAY_HTTP_TRANSPORT", "aiohttp")
+# Usage buffer: events are flushed to the ledger in batches of at most this many, this often.
+USAGE_FLUSH_INTERVAL = envfloat("USAGE_FLUSH_INTERVAL", 1.0)
+USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", 500)
 
 # --- Logging ---------------------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", "INFO")

@@ -1,16 +1,40 @@
 """The lean ASGI handler of the proxy routes (/v1, /openai, /anthropic), mounted in front of Django.
 
 Django's request cycle costs more than the whole proxy (see DESIGN.md), so these routes are served
-by plain ASGI code that still uses Django's settings, apps and async ORM on cold paths.
+by plain ASGI code that still uses Django's settings, apps and (on cold paths) the async ORM.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+from django.conf import settings
+
+from gateway.catalog import Principal
 from gateway.errors import GatewayError
+from gateway.proxy import Call, proxy_call
+from gateway.state import GatewayState, get_state
+
+logger = logging.getLogger(__name__)
 
 PROXY_PREFIXES = ("/v1/", "/openai/", "/anthropic/")
+PROXY_ENDPOINTS = frozenset(
+    {"chat/completions", "completions", "embeddings", "responses", "moderations", "images/generations"}
+)
+AZURE_ROUTE = re.compile(
+    r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<endpoint>chat/completions|completions|embeddings|images/generations)$"
+)
+MODEL_ROUTE = re.compile(r"^/v1/models/(?P<model>.+)$")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def is_proxy_path(path: str) -> bool:
@@ -18,20 +42,250 @@ def is_proxy_path(path: str) -> bool:
     return path.startswith(PROXY_PREFIXES) or path in ("/v1", "/openai", "/anthropic")
 
 
-async def send_error(send: Any, error: GatewayError, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
-    """Send ``error`` as a complete JSON response."""
-    body = error.body()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    headers += list(extra_headers)
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+class ASGISink:
+    """Writes the proxied response to the ASGI connection."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.finished = False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def send(self, chunk: bytes, *, more: bool) -> None:
+        if self.finished:
+            return
+        self.finished = not more
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    async def error(self, error: GatewayError, request_id: str) -> None:
+        """Send ``error`` as the whole response, or end a response already under way."""
+        if self.started:
+            await self.send(b"", more=False)
+            return
+        body = error.body()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        await self.start(error.status, headers)
+        await self.send(body, more=False)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def presented_key(scope: Scope) -> str | None:
+    """The key the client sent: `Authorization: Bearer`, Azure's `api-key`, or `x-api-key` on /anthropic.
+
+    Never the query string: keys there end up in access logs.
+    """
+    auth = _header(scope, b"authorization")
+    if auth is not None:
+        scheme, _, token = auth.decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise GatewayError(
+                401, "Malformed Authorization header: expected `Bearer <key>`.", code="invalid_api_key"
+            )
+        return token.strip()
+    for name in (b"api-key", b"x-api-key") if scope["path"].startswith("/anthropic/") else (b"api-key",):
+        value = _header(scope, name)
+        if value is not None:
+            return value.decode("latin-1").strip()
+    return None
+
+
+async def authenticate(state: GatewayState, scope: Scope) -> Principal:
+    """The caller's principal, or a 401."""
+    key = presented_key(scope)
+    if not key:
+        raise GatewayError(
+            401,
+            "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or the `api-key` header).",
+            code="missing_api_key",
+        )
+    principal = await state.principal_for_key(key)
+    if principal is None:
+        raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
+    if principal.revoked:
+        raise GatewayError(401, "This API key has been revoked.", code="key_revoked")
+    if principal.expired():
+        raise GatewayError(401, "This API key has expired.", code="key_expired")
+    return principal
+
+
+async def read_body(scope: Scope, receive: Receive) -> bytes:
+    """The request body, refusing (413) anything over GATEWAY_MAX_BODY_BYTES without buffering it."""
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    declared = _header(scope, b"content-length")
+    too_large = GatewayError(413, f"Request body larger than {limit} bytes.", code="request_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a request body, or a 400."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise GatewayError(
+            400, "We could not parse the JSON body of your request. Send valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "The request body must be a JSON object.", code="invalid_body")
+    return body
+
+
+def validate(endpoint: str, body: dict[str, Any]) -> None:
+    """The few shape checks the gateway needs before it can route (the provider checks the rest)."""
+    if endpoint == "chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise GatewayError(
+                400, "`messages` must be a non-empty array.", code="invalid_value", param="messages"
+            )
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise GatewayError(400, "`stream` must be a boolean.", code="invalid_type", param="stream")
+    if (
+        "stream_options" in body
+        and body["stream_options"] is not None
+        and not isinstance(body["stream_options"], dict)
+    ):
+        raise GatewayError(
+            400, "`stream_options` must be an object.", code="invalid_type", param="stream_options"
+        )
+
+
+async def _json(send: Send, status: int, payload: Any, request_id: str) -> None:
+    body = orjson.dumps(payload)
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode())],
+    })  # fmt: skip
     await send({"type": "http.response.body", "body": body})
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def list_models(state: GatewayState, call: Call, send: Send, only: str | None = None) -> None:
+    """GET /v1/models (only what the caller may use) and GET /v1/models/{id}."""
+    snapshot = await state.get_snapshot()
+    visible = [m for m in snapshot.models.values() if call.principal.may_use(m) and m.deployments]
+    entries = [
+        {"id": m.name, "object": "model", "created": m.created, "owned_by": "llm-control"} for m in visible
+    ]
+    if only is None:
+        payload: Any = {"object": "list", "data": entries}
+    else:
+        match = [e for e in entries if e["id"] == only]
+        if not match:
+            raise GatewayError(404, f"The model `{only[:100]}` does not exist or you do not have access to it.",
+                               code="model_not_found")  # fmt: skip
+        payload = match[0]
+    call.status = 200
+    await _json(send, 200, payload, call.request_id)
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one proxy request."""
-    headers = dict(scope["headers"])
-    if b"authorization" not in headers and b"api-key" not in headers and b"x-api-key" not in headers:
-        await send_error(send, GatewayError(401, "Missing API key.", code="missing_api_key"))
-        return
-    await send_error(send, GatewayError(404, f"Unknown route {scope['path']}.", code="unknown_route"))
+    request_id = f"req_{uuid.uuid4().hex}"
+    sink = ASGISink(send)
+    path, method = scope["path"], scope["method"]
+    state = get_state()
+    call: Call | None = None
+    try:
+        principal = await authenticate(state, scope)
+        endpoint, model_override, only_model = _route(method, path, scope)
+        if endpoint == "models":
+            call = Call(endpoint="models", body={}, principal=principal, request_id=request_id)
+            try:
+                await list_models(state, call, send, only_model)
+            except GatewayError as exc:
+                call.status, call.error_kind = exc.status, exc.code or "error"
+                raise
+            finally:
+                await state.buffer.put(call.event())
+            return
+        body = parse_json(await read_body(scope, receive))
+        if model_override is not None:
+            body["model"] = model_override
+        validate(endpoint, body)
+        call = Call(endpoint=endpoint, body=body, principal=principal, request_id=request_id)
+        await _run_watching_disconnect(state, call, sink, receive)
+    except GatewayError as exc:
+        await sink.error(exc, request_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("gateway failure on %s %s (%s)", method, path, request_id)
+        await sink.error(
+            GatewayError(500, "The gateway failed to handle the request.", code="internal_error"), request_id
+        )
+
+
+def _route(method: str, path: str, scope: Scope) -> tuple[str, str | None, str | None]:
+    """(endpoint, model from the path, model id for GET /v1/models/{id})."""
+    if path.startswith("/v1/"):
+        endpoint = path[4:]
+        if endpoint == "models" or MODEL_ROUTE.match(path):
+            if method != "GET":
+                raise GatewayError(405, f"Method {method} not allowed on {path}.", code="method_not_allowed")
+            match = MODEL_ROUTE.match(path)
+            return "models", None, match["model"] if match else None
+        if endpoint in PROXY_ENDPOINTS:
+            if method != "POST":
+                raise GatewayError(405, f"Method {method} not allowed on {path}.", code="method_not_allowed")
+            return endpoint, None, None
+    match = AZURE_ROUTE.match(path)
+    if match:
+        if method != "POST":
+            raise GatewayError(405, f"Method {method} not allowed on {path}.", code="method_not_allowed")
+        query = scope.get("query_string", b"").decode("latin-1")
+        if "api-version=" not in query:
+            raise GatewayError(404, "Resource not found: the api-version query parameter is required.",
+                               code="missing_api_version", param="api-version")  # fmt: skip
+        return match["endpoint"], match["deployment"], None
+    raise GatewayError(404, f"Unknown route {method} {path[:200]}.", code="unknown_route")
+
+
+async def _run_watching_disconnect(state: GatewayState, call: Call, sink: ASGISink, receive: Receive) -> None:
+    """Run the proxy while listening for the client leaving; a disconnect cancels the upstream call."""
+    work = asyncio.ensure_future(proxy_call(state, call, sink))
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not sink.finished:  # after a complete response a disconnect is just the end
+                    work.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if watcher.done():
+            return  # the client left; the call was cancelled and accounted
+        raise
+    finally:
+        watcher.cancel()

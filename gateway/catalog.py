@@ -1,0 +1,163 @@
+"""Immutable snapshots of what the hot path needs, loaded from the database on cold paths only.
+
+A `Snapshot` holds the whole model catalogue with deployments and providers (credentials
+decrypted in memory); a `KeyInfo` is one issued key with its owner's groups. The hot path reads
+these and never the ORM.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+
+from gateway.models import ApiKey, CatalogModel, Deployment
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    id: int
+    name: str
+    kind: str
+    base_url: str
+    credential: str = field(repr=False)
+    api_version: str
+    region: str
+    timeout: float
+    connect_timeout: float
+    extra_headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentInfo:
+    id: int
+    name: str
+    provider: ProviderInfo
+    provider_model: str
+    weight: int
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: int
+    name: str
+    kind: str
+    created: int
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal
+    per_image: Decimal
+    per_audio_second: Decimal
+    max_output_tokens: int
+    allowed_group_ids: frozenset[int]
+    deployments: tuple[DeploymentInfo, ...]
+
+    def open_to(self, group_ids: frozenset[int]) -> bool:
+        """Whether members of ``group_ids`` may use this model (no restriction = everyone)."""
+        return not self.allowed_group_ids or bool(self.allowed_group_ids & group_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    models: dict[str, ModelInfo]
+    loaded_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key (if any), its owner, the owner's groups at this moment."""
+
+    user_id: int | None
+    username: str
+    group_ids: frozenset[int]
+    key_id: int | None = None
+    key_name: str = ""
+    app_id: int | None = None
+    allowed_models: frozenset[str] = frozenset()
+    expires_at: float | None = None  # epoch seconds
+    revoked: bool = False
+
+    def may_use(self, model: ModelInfo) -> bool:
+        """The key's list (when set) and the model's groups must both allow ``model``."""
+        if self.allowed_models and model.name not in self.allowed_models:
+            return False
+        return model.open_to(self.group_ids)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or time.time())
+
+
+def load_snapshot() -> Snapshot:
+    """Read the catalogue (sync ORM; call through sync_to_async from async code)."""
+    models: dict[str, ModelInfo] = {}
+    deployments: dict[int, list[DeploymentInfo]] = {}
+    rows = Deployment.objects.filter(enabled=True, provider__enabled=True).select_related("provider")
+    providers: dict[int, ProviderInfo] = {}
+    for dep in rows:
+        prov = dep.provider
+        if prov.id not in providers:
+            providers[prov.id] = ProviderInfo(
+                id=prov.id, name=prov.name, kind=prov.kind, base_url=prov.base_url.rstrip("/"),
+                credential=prov.credential(), api_version=prov.api_version, region=prov.region,
+                timeout=prov.timeout_seconds, connect_timeout=prov.connect_timeout_seconds,
+                extra_headers=tuple((str(k), str(v)) for k, v in (prov.extra_headers or {}).items()),
+            )  # fmt: skip
+        deployments.setdefault(dep.model_id, []).append(
+            DeploymentInfo(
+                id=dep.id,
+                name=f"{prov.name}/{dep.provider_model}",
+                provider=providers[prov.id],
+                provider_model=dep.provider_model,
+                weight=dep.weight,
+                priority=dep.priority,
+            )  # fmt: skip
+        )
+    for model in CatalogModel.objects.filter(enabled=True).prefetch_related("allowed_groups"):
+        models[model.name] = ModelInfo(
+            id=model.id, name=model.name, kind=model.kind, created=int(model.created_at.timestamp()),
+            input_per_mtok=model.input_per_mtok, output_per_mtok=model.output_per_mtok,
+            cached_input_per_mtok=model.cached_input_per_mtok, per_image=model.per_image,
+            per_audio_second=model.per_audio_second, max_output_tokens=model.max_output_tokens,
+            allowed_group_ids=frozenset(g.id for g in model.allowed_groups.all()),
+            deployments=tuple(sorted(deployments.get(model.id, []), key=lambda d: (d.priority, d.name))),
+        )  # fmt: skip
+    return Snapshot(models=models, loaded_at=time.time())
+
+
+def load_key(digest: str) -> Principal | None:
+    """The principal of the key with ``digest``, or None when no such key exists."""
+    key = ApiKey.objects.select_related("user", "app").filter(digest=digest).first()
+    if key is None:
+        return None
+    if key.user_id is not None:
+        user = key.user
+        assert user is not None
+        group_ids = frozenset(user.groups.values_list("id", flat=True))
+        username = user.get_username()
+        active = user.is_active
+    else:
+        assert key.app is not None
+        group_ids = frozenset({key.app.owner_group_id})
+        username = f"app:{key.app.slug}"
+        active = True
+    return Principal(
+        user_id=key.user_id, username=username, group_ids=group_ids, key_id=key.id, key_name=key.name,
+        app_id=key.app_id, allowed_models=frozenset(key.allowed_models or ()),
+        expires_at=key.expires_at.timestamp() if key.expires_at else None,
+        revoked=key.revoked_at is not None or not active,
+    )  # fmt: skip
+
+
+def principal_for_user(user_id: int) -> Principal | None:
+    """The principal of a signed-in portal user (no key), or None for an inactive or unknown user."""
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return None
+    return Principal(
+        user_id=user.pk,
+        username=user.get_username(),
+        group_ids=frozenset(user.groups.values_list("id", flat=True)),
+    )

@@ -1,0 +1,158 @@
+"""Per-process runtime state of the gateway: caches, the upstream HTTP pool, the usage buffer.
+
+Created lazily on the first request of an event loop (so the in-process test client and every
+server work the same), torn down by the ASGI lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from config import lifespan
+from config.db import adb
+from gateway import generation, keys
+from gateway.catalog import Principal, Snapshot, load_key, load_snapshot
+from quotas.buffer import Flusher, MemoryBuffer, RedisBuffer
+
+logger = logging.getLogger(__name__)
+
+NEGATIVE_TTL = 5.0
+
+
+def make_http_client() -> httpx.AsyncClient:
+    """The one pooled upstream client of this process.
+
+    httpx's API on aiohttp's connection pool: httpcore's pool costs O(connections) per request
+    and collapses under concurrency (bench/README.md has the figures), aiohttp's does not.
+    """
+    limits = httpx.Limits(
+        max_connections=settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS,
+        max_keepalive_connections=settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS,
+        keepalive_expiry=60,
+    )
+    transport: httpx.AsyncBaseTransport | None = None
+    if settings.GATEWAY_HTTP_TRANSPORT == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        transport = AiohttpTransport(limits=limits, trust_env=False)
+    return httpx.AsyncClient(
+        transport=transport, limits=limits, timeout=httpx.Timeout(600.0, connect=10.0), follow_redirects=False,
+        trust_env=False,
+    )  # fmt: skip
+
+
+class GatewayState:
+    """Everything one process keeps between requests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.redis: Any = None
+        if settings.REDIS_URL:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.Redis.from_url(
+                settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+            )
+        self.buffer: MemoryBuffer | RedisBuffer = RedisBuffer(self.redis) if self.redis else MemoryBuffer()
+        self.flusher = Flusher(self.buffer)
+        self.http = make_http_client()
+        self.snapshot: Snapshot | None = None
+        self.snapshot_lock = asyncio.Lock()
+        self.keys: dict[str, tuple[Principal | None, float]] = {}
+        self.generation: int | None = None
+        self.poller: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.flusher.start()
+        if self.poller is None:
+            self.poller = self.loop.create_task(self._poll(), name="gateway-config-poller")
+
+    async def close(self) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+            self.poller = None
+        await self.flusher.stop()
+        await self.http.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # --- the change signal --------------------------------------------------------------------
+    async def read_generation(self) -> int:
+        if self.redis is not None:
+            try:
+                value = await self.redis.get(generation.REDIS_KEY)
+                return int(value or 0)
+            except Exception:
+                logger.warning("Redis unreachable: reading the change signal from the database")
+        return await adb(generation.read_db)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(settings.GATEWAY_CONFIG_POLL_SECONDS)
+            try:
+                current = await self.read_generation()
+                if current != self.generation:
+                    self.generation = current
+                    self.keys.clear()
+                    self.snapshot = await adb(load_snapshot)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("config poll failed; keeping the cached state")
+
+    # --- cached reads -------------------------------------------------------------------------
+    async def get_snapshot(self) -> Snapshot:
+        snap = self.snapshot
+        if snap is not None and time.time() - snap.loaded_at < settings.GATEWAY_CACHE_TTL:
+            return snap
+        async with self.snapshot_lock:
+            if self.snapshot is None or time.time() - self.snapshot.loaded_at >= settings.GATEWAY_CACHE_TTL:
+                if self.generation is None:
+                    self.generation = await self.read_generation()
+                self.snapshot = await adb(load_snapshot)
+            return self.snapshot
+
+    async def principal_for_key(self, plaintext: str) -> Principal | None:
+        """The key's principal, from the cache when warm. None for an unknown key."""
+        if not keys.well_formed(plaintext):
+            return None
+        digest = keys.digest(plaintext)
+        now = time.monotonic()
+        hit = self.keys.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        principal = await adb(load_key, digest)
+        ttl = settings.GATEWAY_CACHE_TTL if principal is not None else NEGATIVE_TTL
+        self.keys[digest] = (principal, now + ttl)
+        return principal
+
+
+# One state per event loop: a server process has one loop; tests may run several servers in threads.
+_states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GatewayState] = weakref.WeakKeyDictionary()
+
+
+def get_state() -> GatewayState:
+    """This event loop's gateway state, created on first use."""
+    loop = asyncio.get_running_loop()
+    state = _states.get(loop)
+    if state is None:
+        state = _states[loop] = GatewayState()
+        state.start()
+    return state
+
+
+async def shutdown() -> None:
+    """Flush the usage buffer and close the pools (ASGI lifespan shutdown)."""
+    state = _states.pop(asyncio.get_running_loop(), None)
+    if state is not None:
+        await state.close()
+
+
+lifespan.on_shutdown(shutdown)

@@ -1,0 +1,130 @@
+"""The durable usage buffer between settlement and the ledger.
+
+Settlement appends one event and returns at once; a flusher writes batches to the database. With
+Redis, events go to a Redis list that any process may drain under a short lock (so several web
+processes and the maintenance worker can all run flushers safely). Without Redis, each process
+keeps its own in-memory list and flushes it on a timer and at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from config.db import adb
+from quotas.ledger import events_write
+
+logger = logging.getLogger(__name__)
+
+REDIS_LIST = "usage:{buffer}:events"
+REDIS_LOCK = "usage:{buffer}:drain-lock"
+# Long enough for one batch write; short enough that a crashed drainer blocks others only briefly.
+LOCK_MS = 10_000
+
+# Deletes the lock only if we still own it.
+_UNLOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class MemoryBuffer:
+    """Events kept in this process until the next flush (embedded mode, or Redis unreachable)."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+
+    async def put(self, event: dict[str, Any]) -> None:
+        self.pending.append(event)
+
+    async def flush(self) -> int:
+        batch, self.pending = self.pending, []
+        if not batch:
+            return 0
+        try:
+            return await adb(events_write, events=batch)
+        except Exception:
+            # Keep them for the next attempt: the database may be restarting.
+            self.pending[:0] = batch
+            logger.exception("usage flush failed; %d events kept for retry", len(batch))
+            return 0
+
+
+class RedisBuffer:
+    """Events in a Redis list, drained in batches by whichever process holds the lock."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.fallback = MemoryBuffer()
+
+    async def put(self, event: dict[str, Any]) -> None:
+        try:
+            await self.client.rpush(REDIS_LIST, orjson.dumps(event))
+        except Exception:
+            logger.warning("Redis unreachable: usage event %s kept in memory", event.get("request_id"))
+            await self.fallback.put(event)
+
+    async def flush(self) -> int:
+        written = await self.fallback.flush()
+        token = uuid.uuid4().hex
+        try:
+            # Inside the try: a cancel right after SET still releases the lock below.
+            if not await self.client.set(REDIS_LOCK, token, nx=True, px=LOCK_MS):
+                return written
+            while True:
+                raw = await self.client.lrange(REDIS_LIST, 0, settings.USAGE_FLUSH_BATCH - 1)
+                if not raw:
+                    break
+                events = [orjson.loads(item) for item in raw]
+                # Written first, trimmed after: a crash in between re-writes the batch, and the
+                # unique request id makes that harmless.
+                written += await adb(events_write, events=events)
+                await self.client.ltrim(REDIS_LIST, len(raw), -1)
+                if len(raw) < settings.USAGE_FLUSH_BATCH:
+                    break
+        except Exception:
+            logger.exception("usage drain failed; events stay in Redis")
+        finally:
+            with contextlib.suppress(Exception):
+                await self.client.eval(_UNLOCK, 1, REDIS_LOCK, token)
+        return written
+
+
+class Flusher:
+    """Runs ``buffer.flush`` every USAGE_FLUSH_INTERVAL seconds until stopped."""
+
+    def __init__(self, buffer: MemoryBuffer | RedisBuffer) -> None:
+        self.buffer = buffer
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.stopping = False
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
+
+    async def _run(self) -> None:
+        while not self.stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), settings.USAGE_FLUSH_INTERVAL)
+            self.wake.clear()
+            try:
+                await self.buffer.flush()
+            except Exception:
+                logger.exception("usage flush failed")
+
+    async def stop(self) -> None:
+        """Let the current flush finish, then write whatever is pending (graceful shutdown loses nothing)."""
+        self.stopping = True
+        self.wake.set()
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, 30)
+            self.task = None
+        await self.buffer.flush()

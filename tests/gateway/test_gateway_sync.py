@@ -1,0 +1,81 @@
+"""`manage.py gateway_sync FILE.yaml [--prune]`: declarative, idempotent configuration."""
+
+from __future__ import annotations
+
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
+
+from gateway.models import CatalogModel, Deployment, Provider
+
+pytestmark = pytest.mark.django_db
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "gateway.example.yaml"
+
+FILE = """
+providers:
+  - {name: local, kind: openai_compatible, base_url: "http://127.0.0.1:18000/v1", api_key: sk-x}
+  - {name: azure-eu, kind: azure_openai, base_url: "https://x.openai.azure.com", api_key_env: AZ_KEY, api_version: "2024-10-21", region: westeurope}
+models:
+  - name: gpt-4o-mini
+    price: {input_per_mtok: 0.15, output_per_mtok: 0.60, cached_input_per_mtok: 0.075}
+    deployments: [{provider: local, model: gpt-4o-mini}]
+groups: [{name: engineering}]
+users: [{username: alice, groups: [engineering]}]
+"""
+
+
+def _sync(tmp_path: Path, text: str, *args: str) -> str:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    out = StringIO()
+    call_command("gateway_sync", str(path), *args, stdout=out)
+    return out.getvalue()
+
+
+def test_the_issue_example_loads_and_a_second_run_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _sync(tmp_path, FILE)
+    assert "created provider local" in first
+    assert _sync(tmp_path, FILE).strip() == "no changes"
+    local = Provider.objects.get(name="local")
+    assert local.credential() == "sk-x"
+    assert "sk-x" not in local.api_key_encrypted
+    monkeypatch.setenv("AZ_KEY", "from-env")
+    assert Provider.objects.get(name="azure-eu").credential() == "from-env"
+    model = CatalogModel.objects.get(name="gpt-4o-mini")
+    assert str(model.cached_input_per_mtok) == "0.075000"
+    assert Deployment.objects.get().provider == local
+    assert User.objects.get(username="alice").groups.get().name == "engineering"
+
+
+def test_prune_removes_what_the_file_no_longer_names(tmp_path: Path) -> None:
+    _sync(tmp_path, FILE)
+    smaller = "providers:\n  - {name: local, kind: openai_compatible, base_url: 'http://127.0.0.1:18000/v1'}\nmodels: []\n"
+    assert Provider.objects.count() == 2
+    _sync(tmp_path, smaller)
+    assert Provider.objects.count() == 2  # without --prune nothing is removed
+    out = _sync(tmp_path, smaller, "--prune")
+    assert "deleted provider azure-eu" in out and "deleted model gpt-4o-mini" in out
+    assert list(Provider.objects.values_list("name", flat=True)) == ["local"]
+    assert Provider.objects.get().credential() == ""
+    assert User.objects.filter(username="alice").exists()  # users are never pruned
+
+
+def test_a_bad_file_is_refused_whole(tmp_path: Path) -> None:
+    bad = FILE.replace("deployments: [{provider: local", "deployments: [{provider: nowhere")
+    with pytest.raises(CommandError, match="unknown provider 'nowhere'"):
+        _sync(tmp_path, bad)
+    assert not Provider.objects.exists()  # the transaction rolled back
+    with pytest.raises(CommandError, match="unknown field"):
+        _sync(tmp_path, "providers:\n  - {name: a, kind: openai, base_url: 'http://x', colour: red}\n")
+
+
+def test_the_documented_example_file_loads(tmp_path: Path) -> None:
+    out = StringIO()
+    call_command("gateway_sync", str(EXAMPLE), stdout=out)
+    assert CatalogModel.objects.exists()
