@@ -189,6 +189,23 @@ GATEWAY_HTTP_TRANSPORT = env("GATEWAY_HTTP_TRANSPORT", "aiohttp")
 USAGE_FLUSH_INTERVAL = envfloat("USAGE_FLUSH_INTERVAL", 1.0)
 USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", 500)
 
+# --- Quotas ----------------------------------------------------------------------------------------
+# Day and month windows reset at midnight / the 1st in this time zone.
+QUOTA_TIME_ZONE = env("QUOTA_TIME_ZONE", "UTC")
+# When Redis is unreachable: rate limits (minute/hour requests/tokens) may fail open on a local
+# approximate limiter; quotas and budgets fail closed (503) unless QUOTA_FAIL_OPEN is on.
+QUOTA_RATE_LIMITS_FAIL_OPEN = envbool("QUOTA_RATE_LIMITS_FAIL_OPEN", True)
+QUOTA_FAIL_OPEN = envbool("QUOTA_FAIL_OPEN", False)
+# Soft-limit warnings are posted here as JSON (a Teams or Slack incoming webhook), and e-mailed.
+QUOTA_ALERT_WEBHOOK_URL = env("QUOTA_ALERT_WEBHOOK_URL", "")
+EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "llm-portal@localhost")
+
 # --- Logging ---------------------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.contrib.auth import get_user_model
 
 from gateway.models import ApiKey, CatalogModel, Deployment
+from quotas.engine import RuleInfo, load_rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class ModelInfo:
 class Snapshot:
     models: dict[str, ModelInfo]
     loaded_at: float
+    rules: tuple[RuleInfo, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,7 @@ def load_snapshot() -> Snapshot:
             allowed_group_ids=frozenset(g.id for g in model.allowed_groups.all()),
             deployments=tuple(sorted(deployments.get(model.id, []), key=lambda d: (d.priority, d.name))),
         )  # fmt: skip
-    return Snapshot(models=models, loaded_at=time.time())
+    return Snapshot(models=models, loaded_at=time.time(), rules=load_rules())
 
 
 def load_key(digest: str) -> Principal | None:

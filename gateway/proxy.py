@@ -24,6 +24,8 @@ from gateway.providers import adapter_for
 from gateway.providers.base import ErrorKind, UnsupportedOperation, kind_for_status
 from gateway.sse import StreamMeter, Usage, usage_from
 from gateway.state import GatewayState
+from quotas.engine import Demand, Reservation, RuleInfo
+from quotas.services import usage_admit, usage_settle
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Call:
     first_byte_at: float | None = None
     usage: Usage | None = None
     tokens_estimated: bool = False
+    counted: bool = False
     images: int = 0
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -100,6 +103,7 @@ class Call:
             "error_kind": self.error_kind,
             "streamed": self.streamed,
             "tokens_estimated": self.tokens_estimated,
+            "counted": self.counted,
         }
 
 
@@ -199,9 +203,40 @@ def _upstream_error(
     return GatewayError(status, message, code=code, param=param, type=etype, headers=extra)
 
 
+def demand_for(call: Call, model: ModelInfo, rules: tuple[RuleInfo, ...]) -> Demand:
+    """The worst case of ``call``: prompt tokens plus the output it may ask for, capped by the model."""
+    body = call.body
+    n = body.get("n", 1)
+    images = (n if isinstance(n, int) and n > 0 else 1) if call.endpoint == "images/generations" else 0
+    if not any(rule.metric in ("tokens", "cost_usd") for rule in rules):
+        return Demand(images=images)  # counting the prompt costs CPU: only when a rule needs it
+    prompt = tokens.count_prompt(call.endpoint, body)
+    output = 0
+    if call.endpoint in STREAMING_ENDPOINTS:
+        asked = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+        cap = model.max_output_tokens
+        output = min(asked, cap) if isinstance(asked, int) and asked > 0 else cap
+    cost = (prompt * float(model.input_per_mtok) + output * float(model.output_per_mtok)) / 1e6
+    return Demand(tokens=prompt + output, cost_usd=cost + images * float(model.per_image), images=images)
+
+
 async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
     """Serve ``call`` into ``sink``; always leaves exactly one usage event."""
+    reservation = Reservation()
     try:
+        snapshot = await state.get_snapshot()
+        call.model = resolve_model(snapshot, call.principal, call.body.get("model"))
+        if snapshot.rules:
+            demand = demand_for(call, call.model, snapshot.rules)
+            reservation = await usage_admit(
+                state=state,
+                rules=snapshot.rules,
+                principal=call.principal,
+                model=call.model.name,
+                demand=demand,
+            )
+            call.extra_headers += reservation.headers
+        call.counted = True
         await _serve(state, call, sink)
         call.status = call.status or 200
     except GatewayError as exc:
@@ -213,12 +248,11 @@ async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
         raise
     finally:
         # Shielded: a disconnect arriving now must not cancel the settlement itself.
-        await asyncio.shield(state.buffer.put(call.event()))
+        await asyncio.shield(usage_settle(state=state, reservation=reservation, event=call.event()))
 
 
 async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
-    snapshot = await state.get_snapshot()
-    call.model = resolve_model(snapshot, call.principal, call.body.get("model"))
+    assert call.model is not None
     stream = bool(call.body.get("stream")) and call.endpoint in STREAMING_ENDPOINTS
     call.streamed = stream
     strip_usage = False

@@ -21,7 +21,9 @@ def connect() -> None:
     from portal.models import App
 
     user_model = get_user_model()
-    for model in (ApiKey, Provider, CatalogModel, Deployment, Group, App, user_model):
+    from quotas.models import QuotaRule
+
+    for model in (ApiKey, Provider, CatalogModel, Deployment, Group, App, user_model, QuotaRule):
         post_save.connect(_changed, sender=model, dispatch_uid=f"gateway-gen-save-{model.__name__}")
         post_delete.connect(_changed, sender=model, dispatch_uid=f"gateway-gen-delete-{model.__name__}")
     for through in (user_model.groups.through, CatalogModel.allowed_groups.through):

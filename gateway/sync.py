@@ -79,7 +79,7 @@ def config_sync(*, data: dict[str, Any], prune: bool = False) -> SyncReport:
         for provider in Provider.objects.exclude(name__in=list(providers)):
             report.deleted.append(f"provider {provider.name}")
             provider.delete()
-    if "quotas" in data:
+    if "quotas" in data or prune:
         from quotas.sync import quotas_sync
 
         quotas_sync(items=data.get("quotas") or [], report=report, prune=prune)

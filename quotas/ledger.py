@@ -15,7 +15,7 @@ from quotas.models import UsageEvent
 EVENT_FIELDS = (
     "request_id", "key_id", "user_id", "group_ids", "app_id", "endpoint", "provider", "deployment", "model",
     "prompt_tokens", "completion_tokens", "cached_tokens", "images", "audio_seconds", "cost_usd",
-    "latency_ms", "ttft_ms", "status", "error_kind", "streamed", "tokens_estimated",
+    "latency_ms", "ttft_ms", "status", "error_kind", "streamed", "tokens_estimated", "counted",
 )  # fmt: skip
 
 
@@ -27,7 +27,16 @@ def _row(event: dict[str, Any]) -> UsageEvent:
 
 
 def events_write(*, events: list[dict[str, Any]]) -> int:
-    """Insert ``events`` (duplicates by request id are ignored) and touch the keys' last use."""
+    """Insert ``events`` (duplicates by request id are ignored) and touch the keys' last use.
+
+    Alert events (soft limits crossed) become QuotaAlert rows, one per rule, subject and window.
+    """
+    alerts = [e for e in events if e.get("type") == "alert"]
+    events = [e for e in events if e.get("type") != "alert"]
+    if alerts:
+        from quotas.alerts import alerts_record
+
+        alerts_record(alerts=alerts)
     if not events:
         return 0
     from gateway.models import ApiKey

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+pytest_plugins = ["tests.support.gateway_fixtures"]
+
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:

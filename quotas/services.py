@@ -1,0 +1,102 @@
+"""Quota workflows for the gateway, the portal and transcription: admit before, settle after."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from config.db import adb
+from gateway.errors import GatewayError
+from quotas import engine
+from quotas.engine import Counter, Demand, LocalLimiter, Refused, Reservation, RuleInfo
+from quotas.rebuild import counters_rebuild
+
+logger = logging.getLogger(__name__)
+
+_rebuild_lock: asyncio.Lock | None = None
+_local = LocalLimiter()
+
+
+async def usage_admit(
+    *, state: Any, rules: tuple[RuleInfo, ...], principal: Any, model: str, demand: Demand
+) -> Reservation:
+    """Check and reserve on every counter that applies, atomically; raise a 429 (or 503) otherwise."""
+    now = time.time()
+    counters = engine.counters_for(rules, principal, model, demand, now)
+    reservation = Reservation(counters=counters)
+    if not counters:
+        return reservation
+    try:
+        await _admit(state, counters)
+    except Refused as refused:
+        raise engine.refusal(counters[refused.index], refused.used, now) from None
+    reservation.headers = engine.ratelimit_headers(counters, now)
+    reservation.alerts = engine.crossed_warnings(counters, principal)
+    return reservation
+
+
+async def _admit(state: Any, counters: list[Counter]) -> None:
+    if state.redis is None:
+        await adb(engine.db_admit, counters)
+        return
+    try:
+        try:
+            await engine.redis_admit(state.redis, counters)
+        except engine.NotReady:
+            await _rebuild_once()
+            await engine.redis_admit(state.redis, counters)
+    except (Refused, GatewayError):
+        raise
+    except Exception as exc:
+        policy = engine.redis_failure_policy(counters)
+        logger.warning("Redis unreachable for admission (%s): failing %s", type(exc).__name__, policy)
+        if policy == "closed":
+            raise GatewayError(
+                503, "Quotas cannot be checked right now (the counter store is unreachable); try again shortly.",
+                code="quota_unavailable", type="service_unavailable",
+            ) from None  # fmt: skip
+        _local.admit(counters)
+
+
+async def _rebuild_once() -> None:
+    global _rebuild_lock
+    if _rebuild_lock is None:
+        _rebuild_lock = asyncio.Lock()
+    async with _rebuild_lock:
+        count = await adb(counters_rebuild)
+        logger.warning("quota counters were missing in Redis: rebuilt %d from the ledger", count)
+
+
+def actual_of(metric: str, event: dict[str, Any]) -> float:
+    if metric == "requests":
+        return 1.0
+    if metric == "tokens":
+        return float(event["prompt_tokens"] + event["completion_tokens"])
+    return float(event.get(metric) or 0)
+
+
+async def usage_settle(*, state: Any, reservation: Reservation, event: dict[str, Any]) -> None:
+    """Replace the reservation by the actual usage and append the usage event, exactly once."""
+    if reservation.settled:
+        return
+    reservation.settled = True
+    deltas = [(c, actual_of(c.rule.metric, event) - c.reserved) for c in reservation.counters]
+    events = [event, *reservation.alerts]
+    if state.redis is not None and deltas:
+        try:
+            await engine.redis_settle(state.redis, deltas, events)
+            return
+        except Exception as exc:
+            logger.warning("Redis unreachable for settlement (%s): event kept in memory", type(exc).__name__)
+            for item in events:
+                await state.buffer.fallback.put(item)
+            return
+    if deltas and state.redis is None:
+        try:
+            await adb(engine.db_settle, deltas)
+        except Exception:
+            logger.exception("counter settlement failed for %s", event.get("request_id"))
+    for item in events:
+        await state.buffer.put(item)

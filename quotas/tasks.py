@@ -1,0 +1,20 @@
+"""Celery tasks of the quotas app: thin wrappers around services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(name="quotas.alert_notify", autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+def quota_alert_notify(alert_id: int) -> None:
+    """Send the notifications of one soft-limit warning (idempotent: sent ones are skipped)."""
+    from quotas.alerts import alert_notify
+    from quotas.models import QuotaAlert
+
+    alert = (
+        QuotaAlert.objects.select_related("rule", "user")
+        .filter(pk=alert_id, notified_at__isnull=True)
+        .first()
+    )
+    if alert is not None:
+        alert_notify(alert=alert)
