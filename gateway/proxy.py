@@ -247,8 +247,11 @@ async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
         call.status, call.error_kind = 499, "client_disconnected"
         raise
     finally:
-        # Shielded: a disconnect arriving now must not cancel the settlement itself.
-        await asyncio.shield(usage_settle(state=state, reservation=reservation, event=call.event()))
+        # Its own task, shielded and tracked: neither a disconnect nor a server shutdown arriving
+        # now may cut the settlement short (shutdown waits for it before the last flush).
+        await asyncio.shield(
+            state.spawn(usage_settle(state=state, reservation=reservation, event=call.event()))
+        )
 
 
 async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:

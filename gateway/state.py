@@ -10,7 +10,8 @@ import asyncio
 import logging
 import time
 import weakref
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import httpx
 from django.conf import settings
@@ -24,6 +25,7 @@ from quotas.buffer import Flusher, MemoryBuffer, RedisBuffer
 logger = logging.getLogger(__name__)
 
 NEGATIVE_TTL = 5.0
+T = TypeVar("T")
 
 
 def make_http_client() -> httpx.AsyncClient:
@@ -68,6 +70,14 @@ class GatewayState:
         self.keys: dict[str, tuple[Principal | None, float]] = {}
         self.generation: int | None = None
         self.poller: asyncio.Task[None] | None = None
+        self.pending: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` as a task that shutdown waits for (settlements)."""
+        task = self.loop.create_task(coro)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        return task
 
     def start(self) -> None:
         self.flusher.start()
@@ -78,6 +88,8 @@ class GatewayState:
         if self.poller is not None:
             self.poller.cancel()
             self.poller = None
+        if self.pending:
+            await asyncio.wait(set(self.pending), timeout=30)
         await self.flusher.stop()
         await self.http.aclose()
         if self.redis is not None:

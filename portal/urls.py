@@ -8,4 +8,5 @@ app_name = "portal"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("usage/", views.my_usage, name="my_usage"),
 ]

@@ -298,12 +298,20 @@ class NotReady(Exception):
     """Redis lost its counters (restart, flush): rebuild them from the ledger first."""
 
 
+def _script(client: Any, source: str) -> Any:
+    """The registered script (EVALSHA, loaded once per server, reloaded by redis-py after a restart)."""
+    cache = client.__dict__.setdefault("_llmc_scripts", {})
+    if source not in cache:
+        cache[source] = client.register_script(source)
+    return cache[source]
+
+
 async def redis_admit(client: Any, counters: list[Counter]) -> None:
     keys = [c.redis_key for c in counters] + [READY_KEY]
     args: list[Any] = []
     for c in counters:
         args += [repr(c.rule.limit), repr(c.reserved), c.ttl]
-    result = await client.eval(ADMIT_LUA, len(keys), *keys, *args)
+    result = await _script(client, ADMIT_LUA)(keys=keys, args=args)
     status = int(result[0])
     if status == -1:
         raise NotReady
@@ -323,7 +331,7 @@ async def redis_settle(
     for c, delta in deltas:
         args += [repr(delta), c.ttl]
     args += [orjson.dumps(e) for e in events]
-    await client.eval(SETTLE_LUA, len(keys), *keys, *args)
+    await _script(client, SETTLE_LUA)(keys=keys, args=args)
 
 
 def redis_failure_policy(counters: list[Counter]) -> str:

@@ -31,7 +31,12 @@ async def usage_admit(
     try:
         await _admit(state, counters)
     except Refused as refused:
-        raise engine.refusal(counters[refused.index], refused.used, now) from None
+        counter = counters[refused.index]
+        error = engine.refusal(counter, refused.used, now)
+        counter.used_after = refused.used
+        for name, value in engine.ratelimit_headers([counter], now):
+            error.headers[name.decode()] = value.decode()
+        raise error from None
     reservation.headers = engine.ratelimit_headers(counters, now)
     reservation.alerts = engine.crossed_warnings(counters, principal)
     return reservation

@@ -15,9 +15,9 @@ HELLO = [{"role": "user", "content": "Hello there gateway"}]
 
 
 def test_a_chat_completion_comes_back_as_from_the_provider(
-    client: openai.OpenAI, fake: FakeOpenAI, ledger: Any
+    sdk: openai.OpenAI, fake: FakeOpenAI, ledger: Any
 ) -> None:
-    completion = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+    completion = sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
     assert completion.choices[0].message.content == "Echo: Hello there gateway"
     assert completion.usage is not None and completion.usage.prompt_tokens > 0
     # The provider saw its own key, never the gateway's, and the body as the client sent it.
@@ -69,9 +69,9 @@ def test_the_request_id_header_names_the_ledger_row(gateway: Any, alice_key: Any
 
 
 def test_a_stream_without_include_usage_gets_no_usage_chunk_but_is_accounted(
-    client: openai.OpenAI, fake: FakeOpenAI, ledger: Any
+    sdk: openai.OpenAI, fake: FakeOpenAI, ledger: Any
 ) -> None:
-    chunks: list[Any] = list(client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True))
+    chunks: list[Any] = list(sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Echo: Hello there gateway"
     assert all(c.choices for c in chunks), "the usage-only chunk the gateway asked for must be stripped"
@@ -83,9 +83,9 @@ def test_a_stream_without_include_usage_gets_no_usage_chunk_but_is_accounted(
     assert event.ttft_ms is not None
 
 
-def test_a_stream_with_include_usage_keeps_the_usage_chunk(client: openai.OpenAI, ledger: Any) -> None:
+def test_a_stream_with_include_usage_keeps_the_usage_chunk(sdk: openai.OpenAI, ledger: Any) -> None:
     chunks = list(
-        client.chat.completions.create(
+        sdk.chat.completions.create(
             model="gpt-4o-mini",
             messages=HELLO,
             stream=True,
@@ -118,17 +118,17 @@ def test_a_stream_arrives_incrementally(gateway: Any, alice_key: Any, fake: Fake
 
 
 def test_usage_is_counted_locally_when_the_provider_reports_none(
-    client: openai.OpenAI, fake: FakeOpenAI, ledger: Any
+    sdk: openai.OpenAI, fake: FakeOpenAI, ledger: Any
 ) -> None:
     fake.behaviour(omit_usage=True, reply_text="one two three four five")
-    list(client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True))  # type: ignore[arg-type]
+    list(sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True))  # type: ignore[arg-type]
     [event] = ledger(1)
     assert event.tokens_estimated is True
     assert event.completion_tokens == 5  # cl100k_base: one token per word here
     assert event.prompt_tokens > 0
 
 
-def test_a_streamed_tool_call_survives(client: openai.OpenAI) -> None:
+def test_a_streamed_tool_call_survives(sdk: openai.OpenAI) -> None:
     tools = [
         {
             "type": "function",
@@ -138,7 +138,7 @@ def test_a_streamed_tool_call_survives(client: openai.OpenAI) -> None:
             },
         }
     ]
-    stream = client.chat.completions.create(
+    stream = sdk.chat.completions.create(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "weather in Paris?"}],
         tools=tools,
@@ -156,9 +156,9 @@ def test_a_streamed_tool_call_survives(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.asyncio
-async def test_the_async_client_works_too(aclient: openai.AsyncOpenAI, ledger: Any) -> None:
-    completion = await aclient.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+async def test_the_async_client_works_too(asdk: openai.AsyncOpenAI, ledger: Any) -> None:
+    completion = await asdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
     assert completion.choices[0].message.content == "Echo: Hello there gateway"
-    stream = await aclient.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    stream = await asdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)  # type: ignore[arg-type]
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Echo: Hello there gateway"

@@ -80,9 +80,9 @@ def test_a_model_outside_the_keys_list_or_the_groups_is_403(gateway: Any, alice_
         _sdk(gateway, alice_key[1]).chat.completions.create(model="gpt-4.1", messages=HELLO)  # type: ignore[arg-type]
 
 
-def test_unknown_model_and_route_are_404(client: openai.OpenAI, gateway: Any, alice_key: Any) -> None:
+def test_unknown_model_and_route_are_404(sdk: openai.OpenAI, gateway: Any, alice_key: Any) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
-        client.chat.completions.create(model="no-such-model", messages=HELLO)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="no-such-model", messages=HELLO)  # type: ignore[arg-type]
     assert exc.value.code == "model_not_found"
     response = httpx.post(
         f"{gateway.url}/v1/nothing/here", headers={"Authorization": f"Bearer {alice_key[1]}"}, json={}
@@ -132,10 +132,10 @@ def test_a_body_over_the_limit_is_413(gateway: Any, alice_key: Any, settings: An
     assert chunked.status_code == 413
 
 
-def test_provider_errors_are_relayed_with_status_and_message(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+def test_provider_errors_are_relayed_with_status_and_message(sdk: openai.OpenAI, fake: FakeOpenAI) -> None:
     fake.fail_next(429, retry_after=7)
     with pytest.raises(openai.RateLimitError) as exc:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
     assert exc.value.response.headers["retry-after"] == "7"
     fake.fail_next(
         400,
@@ -149,16 +149,16 @@ def test_provider_errors_are_relayed_with_status_and_message(client: openai.Open
         },
     )
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
     assert bad.value.param == "temperature"
 
 
 def test_provider_failure_is_502_and_timeout_504(
-    client: openai.OpenAI, fake: FakeOpenAI, catalog: Any, ledger: Any
+    sdk: openai.OpenAI, fake: FakeOpenAI, catalog: Any, ledger: Any
 ) -> None:
     fake.fail_next(500)
     with pytest.raises(openai.InternalServerError) as exc:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
     assert exc.value.status_code == 502
     local = catalog["local"]
     local.timeout_seconds = 0.3
@@ -168,13 +168,13 @@ def test_provider_failure_is_502_and_timeout_504(
 
     time.sleep(0.4)  # let the change signal reach the gateway
     with pytest.raises(openai.InternalServerError) as slow:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
     assert slow.value.status_code == 504
     statuses = sorted(e.status for e in ledger(2))
     assert statuses == [502, 504]
 
 
-def test_upstream_unreachable_is_502(client: openai.OpenAI, catalog: Any) -> None:
+def test_upstream_unreachable_is_502(sdk: openai.OpenAI, catalog: Any) -> None:
     local = catalog["local"]
     local.base_url = "http://127.0.0.1:9/v1"  # discard port: nothing listens
     local.save()
@@ -182,6 +182,6 @@ def test_upstream_unreachable_is_502(client: openai.OpenAI, catalog: Any) -> Non
 
     time.sleep(0.4)
     with pytest.raises(openai.InternalServerError) as exc:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
     assert exc.value.status_code == 502
     assert exc.value.code == "upstream_unreachable"

@@ -79,3 +79,24 @@ def test_the_documented_example_file_loads(tmp_path: Path) -> None:
     out = StringIO()
     call_command("gateway_sync", str(EXAMPLE), stdout=out)
     assert CatalogModel.objects.exists()
+
+
+def test_quotas_are_part_of_the_file(tmp_path: Path) -> None:
+    from quotas.models import QuotaRule
+
+    quotas = (
+        FILE
+        + """quotas:
+  - {subject: "user:alice", metric: requests, window: day, limit: 100}
+  - {subject: "group:engineering", metric: cost_usd, window: month, limit: 500, warn_at: 80}
+"""
+    )
+    _sync(tmp_path, quotas)
+    assert _sync(tmp_path, quotas).strip() == "no changes"
+    assert QuotaRule.objects.count() == 2
+    budget = QuotaRule.objects.get(metric="cost_usd")
+    assert budget.group is not None and budget.group.name == "engineering" and budget.warn_at_percent == 80
+    _sync(tmp_path, quotas.replace("limit: 100}", "limit: 50}"))
+    assert QuotaRule.objects.get(metric="requests").limit == 50
+    _sync(tmp_path, FILE, "--prune")
+    assert not QuotaRule.objects.exists()

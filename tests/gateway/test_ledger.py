@@ -25,9 +25,9 @@ def test_an_app_key_is_accounted_to_the_app_and_its_group(
 ) -> None:
     app = App.objects.create(name="Support bot", slug="support-bot", owner_group=engineering)
     _, plaintext = key_issue(name="bot", app=app)
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=plaintext, max_retries=0)
+    sdk = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=plaintext, max_retries=0)
     # gpt-4.1 is open to engineering only: the app's group grants it.
-    client.chat.completions.create(model="gpt-4.1", messages=BODY["messages"])  # type: ignore[arg-type]
+    sdk.chat.completions.create(model="gpt-4.1", messages=BODY["messages"])  # type: ignore[arg-type]
     [event] = ledger(1)
     assert event.app == app
     assert event.user is None
@@ -35,13 +35,13 @@ def test_an_app_key_is_accounted_to_the_app_and_its_group(
 
 
 def test_groups_are_recorded_as_they_were_and_last_use_is_updated_in_batches(
-    client: openai.OpenAI, alice_key: Any, engineering: Group, ledger: Any
+    sdk: openai.OpenAI, alice_key: Any, engineering: Group, ledger: Any
 ) -> None:
     alice = alice_key[0]
     alice.groups.add(engineering)
     time.sleep(0.3)  # the change signal reaches the gateway
     for _ in range(3):
-        client.chat.completions.create(**BODY)  # type: ignore[call-overload]
+        sdk.chat.completions.create(**BODY)  # type: ignore[call-overload]
     events = ledger(3)
     assert [e.group_ids for e in events] == [[engineering.id]] * 3
     key = ApiKey.objects.get(user=alice)

@@ -45,6 +45,7 @@ def test_a_daily_request_quota_refuses_with_quota_exceeded_and_no_retry_after(
     assert "2 requests per day for user alice" in error["message"] and "resets in" in error["message"]
     assert "retry-after" not in refused.headers
     assert refused.headers["x-should-retry"] == "false"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
 
 
 def test_a_rate_limit_is_retryable_with_retry_after(gateway: Any, alice_key: Any) -> None:

@@ -98,12 +98,12 @@ def gateway(catalog: dict[str, Any], fast_flush: None) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def client(gateway: LiveServer, alice_key: tuple[User, str]) -> openai.OpenAI:
+def sdk(gateway: LiveServer, alice_key: tuple[User, str]) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=alice_key[1], max_retries=0)
 
 
 @pytest.fixture
-def aclient(gateway: LiveServer, alice_key: tuple[User, str]) -> openai.AsyncOpenAI:
+def asdk(gateway: LiveServer, alice_key: tuple[User, str]) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=alice_key[1], max_retries=0)
 
 
