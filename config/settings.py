@@ -122,12 +122,13 @@ CELERY_RESULT_BACKEND = env(
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = (DATA_DIR / "celery" / "queue").as_posix()
-    for _sub in ("queue", "processed", "results"):
+    for _sub in ("queue", "processed", "results", "control"):
         (DATA_DIR / "celery" / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": _queue_dir,
         "data_folder_out": _queue_dir,
         "processed_folder": (DATA_DIR / "celery" / "processed").as_posix(),
+        "control_folder": (DATA_DIR / "celery" / "control").as_posix(),
         "store_processed": False,
     }
 CELERY_TASK_SERIALIZER = "json"
