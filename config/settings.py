@@ -186,6 +186,11 @@ GATEWAY_CONFIG_POLL_SECONDS = envfloat("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 GATEWAY_UPSTREAM_MAX_CONNECTIONS = envint("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 512)
 # The upstream client's connection pool: "aiohttp" (fast) or "httpcore" (httpx's own).
 GATEWAY_HTTP_TRANSPORT = env("GATEWAY_HTTP_TRANSPORT", "aiohttp")
+# Circuit breaker per deployment: open after this many consecutive failures, probe after the cooldown.
+GATEWAY_CIRCUIT_FAILURES = envint("GATEWAY_CIRCUIT_FAILURES", 5)
+GATEWAY_CIRCUIT_COOLDOWN = envfloat("GATEWAY_CIRCUIT_COOLDOWN", 30.0)
+# An upstream 429's Retry-After keeps its deployment out of rotation for at most this long.
+GATEWAY_MAX_RETRY_AFTER = envfloat("GATEWAY_MAX_RETRY_AFTER", 60.0)
 # Usage buffer: events are flushed to the ledger in batches of at most this many, this often.
 USAGE_FLUSH_INTERVAL = envfloat("USAGE_FLUSH_INTERVAL", 1.0)
 USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", 500)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from gateway.models import ApiKey, CatalogModel, Deployment
+from gateway.models import ApiKey, CatalogModel, DataPolicy, Deployment
 from quotas.engine import RuleInfo, load_rules
 
 
@@ -29,6 +30,7 @@ class ProviderInfo:
     timeout: float
     connect_timeout: float
     extra_headers: tuple[tuple[str, str], ...]
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,13 @@ class DeploymentInfo:
     provider_model: str
     weight: int
     priority: int
+    model_name: str = ""
+    region: str = ""
+    flags: frozenset[str] = frozenset()
+    connect_timeout: float = 10.0
+    first_byte_timeout: float | None = None
+    chunk_timeout: float | None = None
+    total_timeout: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,7 @@ class ModelInfo:
     max_output_tokens: int
     allowed_group_ids: frozenset[int]
     deployments: tuple[DeploymentInfo, ...]
+    fallbacks: tuple[str, ...] = ()
 
     def open_to(self, group_ids: frozenset[int]) -> bool:
         """Whether members of ``group_ids`` may use this model (no restriction = everyone)."""
@@ -81,6 +91,18 @@ class Principal:
     allowed_models: frozenset[str] = frozenset()
     expires_at: float | None = None  # epoch seconds
     revoked: bool = False
+    # The data policy: None = any region / provider.
+    allowed_regions: frozenset[str] | None = None
+    allowed_providers: frozenset[str] | None = None
+    required_flags: frozenset[str] = frozenset()
+
+    def may_route_to(self, deployment: DeploymentInfo) -> bool:
+        """Whether the caller's data policy lets a request go to ``deployment``."""
+        if self.allowed_regions is not None and deployment.region not in self.allowed_regions:
+            return False
+        if self.allowed_providers is not None and deployment.provider.name not in self.allowed_providers:
+            return False
+        return self.required_flags <= deployment.flags
 
     def may_use(self, model: ModelInfo) -> bool:
         """The key's list (when set) and the model's groups must both allow ``model``."""
@@ -96,7 +118,7 @@ def load_snapshot() -> Snapshot:
     """Read the catalogue (sync ORM; call through sync_to_async from async code)."""
     models: dict[str, ModelInfo] = {}
     deployments: dict[int, list[DeploymentInfo]] = {}
-    rows = Deployment.objects.filter(enabled=True, provider__enabled=True).select_related("provider")
+    rows = Deployment.objects.filter(enabled=True, provider__enabled=True).select_related("provider", "model")
     providers: dict[int, ProviderInfo] = {}
     for dep in rows:
         prov = dep.provider
@@ -106,6 +128,7 @@ def load_snapshot() -> Snapshot:
                 credential=prov.credential(), api_version=prov.api_version, region=prov.region,
                 timeout=prov.timeout_seconds, connect_timeout=prov.connect_timeout_seconds,
                 extra_headers=tuple((str(k), str(v)) for k, v in (prov.extra_headers or {}).items()),
+                options=dict(prov.options or {}),
             )  # fmt: skip
         deployments.setdefault(dep.model_id, []).append(
             DeploymentInfo(
@@ -115,6 +138,13 @@ def load_snapshot() -> Snapshot:
                 provider_model=dep.provider_model,
                 weight=dep.weight,
                 priority=dep.priority,
+                model_name=dep.model.name,
+                region=dep.region or prov.region,
+                flags=frozenset([*(prov.flags or []), *(dep.flags or [])]),
+                connect_timeout=dep.connect_timeout or prov.connect_timeout_seconds,
+                first_byte_timeout=dep.first_byte_timeout,
+                chunk_timeout=dep.chunk_timeout,
+                total_timeout=dep.total_timeout or prov.timeout_seconds,
             )  # fmt: skip
         )
     for model in CatalogModel.objects.filter(enabled=True).prefetch_related("allowed_groups"):
@@ -125,8 +155,30 @@ def load_snapshot() -> Snapshot:
             per_audio_second=model.per_audio_second, max_output_tokens=model.max_output_tokens,
             allowed_group_ids=frozenset(g.id for g in model.allowed_groups.all()),
             deployments=tuple(sorted(deployments.get(model.id, []), key=lambda d: (d.priority, d.name))),
+            fallbacks=tuple(str(name) for name in (model.fallbacks or []) if name != model.name),
         )  # fmt: skip
     return Snapshot(models=models, loaded_at=time.time(), rules=load_rules())
+
+
+def _policy(group_ids: frozenset[int], key: ApiKey | None = None) -> dict[str, Any]:
+    """The intersection of the groups' data policies, narrowed by the key's own lists."""
+    regions: frozenset[str] | None = None
+    providers: frozenset[str] | None = None
+    policies = list(DataPolicy.objects.filter(group_id__in=group_ids))
+    lists = [(p.allowed_regions, p.allowed_providers) for p in policies]
+    flags = frozenset(f for p in policies for f in (p.required_flags or ()))
+    if key is not None:
+        lists.append((key.allowed_regions, key.allowed_providers))
+    for allowed_regions, allowed_providers in lists:
+        if allowed_regions:
+            regions = frozenset(allowed_regions) if regions is None else regions & frozenset(allowed_regions)
+        if allowed_providers:
+            providers = (
+                frozenset(allowed_providers)
+                if providers is None
+                else providers & frozenset(allowed_providers)
+            )
+    return {"allowed_regions": regions, "allowed_providers": providers, "required_flags": flags}
 
 
 def load_key(digest: str) -> Principal | None:
@@ -149,7 +201,7 @@ def load_key(digest: str) -> Principal | None:
         user_id=key.user_id, username=username, group_ids=group_ids, key_id=key.id, key_name=key.name,
         app_id=key.app_id, allowed_models=frozenset(key.allowed_models or ()),
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
-        revoked=key.revoked_at is not None or not active,
+        revoked=key.revoked_at is not None or not active, **_policy(group_ids, key),
     )  # fmt: skip
 
 
@@ -158,8 +210,5 @@ def principal_for_user(user_id: int) -> Principal | None:
     user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
     if user is None:
         return None
-    return Principal(
-        user_id=user.pk,
-        username=user.get_username(),
-        group_ids=frozenset(user.groups.values_list("id", flat=True)),
-    )
+    group_ids = frozenset(user.groups.values_list("id", flat=True))
+    return Principal(user_id=user.pk, username=user.get_username(), group_ids=group_ids, **_policy(group_ids))

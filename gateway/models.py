@@ -18,6 +18,9 @@ class ProviderKind(models.TextChoices):
     OPENAI = "openai", "OpenAI"
     AZURE_OPENAI = "azure_openai", "Azure OpenAI"
     OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, Ollama, TGI, LM Studio)"
+    ANTHROPIC = "anthropic", "Anthropic Messages (direct, or Claude on Amazon Bedrock)"
+    GEMINI = "gemini", "Google Gemini (Generative Language API or Vertex AI)"
+    BEDROCK = "bedrock", "Amazon Bedrock Converse"
 
 
 class Provider(models.Model):
@@ -42,6 +45,15 @@ class Provider(models.Model):
     extra_headers = models.JSONField(
         default=dict, blank=True, help_text="Headers added to every upstream call"
     )
+    flags = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Data-handling properties, e.g. ["eu_only", "zero_data_retention"]',
+    )
+    options = models.JSONField(
+        default=dict, blank=True,
+        help_text='Vendor settings: bedrock {"access_key_id", "anthropic": true}; gemini {"vertex": true, "project", "location"}',
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -99,6 +111,11 @@ class CatalogModel(models.Model):
         related_name="allowed_models",
         help_text="Departments that may use it; none = everyone",
     )
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Public model names tried in order when every deployment of this one fails",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -123,6 +140,18 @@ class Deployment(models.Model):
         default=0, help_text="Lower first; higher priorities are fallbacks"
     )
     enabled = models.BooleanField(default=True)
+    region = models.CharField(max_length=64, blank=True, help_text="Overrides the provider's region")
+    flags = models.JSONField(default=list, blank=True, help_text="Added to the provider's flags")
+    connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds; empty = the provider's")
+    first_byte_timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds until the response starts"
+    )
+    chunk_timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds allowed between two stream chunks"
+    )
+    total_timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds for the whole call; empty = the provider's"
+    )
 
     class Meta:
         ordering = ["model__name", "priority", "provider__name"]
@@ -139,6 +168,21 @@ class Deployment(models.Model):
     def name(self) -> str:
         """A stable label for the ledger and health views."""
         return f"{self.provider.name}/{self.provider_model}"
+
+
+class DataPolicy(models.Model):
+    """Where a department's requests may go. A member of several groups gets the intersection."""
+
+    group = models.OneToOneField(Group, on_delete=models.CASCADE, related_name="data_policy")
+    allowed_regions = models.JSONField(default=list, blank=True, help_text="Empty = any region")
+    allowed_providers = models.JSONField(default=list, blank=True, help_text="Provider names; empty = any")
+    required_flags = models.JSONField(default=list, blank=True, help_text='e.g. ["zero_data_retention"]')
+
+    class Meta:
+        verbose_name_plural = "data policies"
+
+    def __str__(self) -> str:
+        return f"data policy of {self.group}"
 
 
 class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
@@ -166,6 +210,10 @@ class ApiKey(models.Model):
     )  # fmt: skip
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model names; empty = the owner's defaults"
+    )
+    allowed_regions = models.JSONField(default=list, blank=True, help_text="Narrows the owner's data policy")
+    allowed_providers = models.JSONField(
+        default=list, blank=True, help_text="Narrows the owner's data policy"
     )
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

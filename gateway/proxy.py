@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
 import httpx
-import orjson
 
-from gateway import tokens
+from gateway import routing, tokens
 from gateway.catalog import DeploymentInfo, ModelInfo, Principal, Snapshot
 from gateway.errors import GatewayError
 from gateway.providers import adapter_for
-from gateway.providers.base import ErrorKind, UnsupportedOperation, kind_for_status
+from gateway.providers.base import ErrorKind, UnsupportedOperation
 from gateway.sse import StreamMeter, Usage, usage_from
 from gateway.state import GatewayState
 from quotas.engine import Demand, Reservation, RuleInfo
@@ -64,6 +62,7 @@ class Call:
     usage: Usage | None = None
     tokens_estimated: bool = False
     counted: bool = False
+    served_model: ModelInfo | None = None
     images: int = 0
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -71,8 +70,8 @@ class Call:
         """The usage event for the ledger (JSON-safe)."""
         usage = self.usage or Usage()
         cost = Decimal(0)
-        if self.model is not None:
-            m = self.model
+        m = self.served_model or self.model
+        if m is not None:
             uncached = max(usage.prompt_tokens - usage.cached_tokens, 0)
             cost = (
                 Decimal(uncached) * m.input_per_mtok
@@ -90,7 +89,7 @@ class Call:
             "endpoint": self.endpoint,
             "provider": self.deployment.provider.name if self.deployment else "",
             "deployment": self.deployment.name if self.deployment else "",
-            "model": self.model.name if self.model else str(self.body.get("model") or "")[:128],
+            "model": m.name if m else str(self.body.get("model") or "")[:128],
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "cached_tokens": usage.cached_tokens,
@@ -125,25 +124,6 @@ def resolve_model(snapshot: Snapshot, principal: Principal, name: Any) -> ModelI
     return model
 
 
-def candidates(model: ModelInfo) -> list[DeploymentInfo]:
-    """Deployments in the order to try: by priority, weighted-random within one priority."""
-    ordered: list[DeploymentInfo] = []
-    by_priority: dict[int, list[DeploymentInfo]] = {}
-    for dep in model.deployments:
-        by_priority.setdefault(dep.priority, []).append(dep)
-    for priority in sorted(by_priority):
-        group = list(by_priority[priority])
-        while group:
-            pick = (
-                random.choices(group, weights=[max(d.weight, 0) or 1 for d in group])[0]
-                if len(group) > 1
-                else group[0]
-            )
-            ordered.append(pick)
-            group.remove(pick)
-    return ordered
-
-
 def transport_error(exc: httpx.TransportError) -> GatewayError:
     """504 for a timeout, 502 for a connection that failed (whichever transport raised it).
 
@@ -167,40 +147,6 @@ def transport_error(exc: httpx.TransportError) -> GatewayError:
     return GatewayError(
         502, "The provider could not be reached.", code="upstream_unreachable", type="upstream_error"
     )
-
-
-def _upstream_error(
-    status: int, body: bytes, kind: ErrorKind, dep: DeploymentInfo, headers: httpx.Headers
-) -> GatewayError:
-    """The client-facing error for a failed upstream answer (scrubbed of anything internal)."""
-    adapter = adapter_for(dep.provider.kind)
-    message, code, param, etype = "", None, None, None
-    try:
-        err = orjson.loads(body).get("error")
-        if isinstance(err, dict):
-            message, code, param, etype = (
-                str(err.get("message") or ""),
-                err.get("code"),
-                err.get("param"),
-                err.get("type"),
-            )
-        elif isinstance(err, str):
-            message = err
-    except (orjson.JSONDecodeError, AttributeError):
-        message = body[:500].decode("utf-8", "replace")
-    message = adapter.scrub(message or f"The provider answered {status}.", dep)
-    code = adapter.scrub(str(code), dep) if code is not None else None
-    extra = {}
-    if kind is ErrorKind.AUTH:
-        return GatewayError(502, "The provider refused the gateway's credential; an administrator must fix it.",
-                            code="upstream_auth_error", type="upstream_error")  # fmt: skip
-    if kind is ErrorKind.SERVER:
-        return GatewayError(
-            502, f"The provider failed: {message}", code="upstream_error", type="upstream_error"
-        )
-    if kind is ErrorKind.RATE_LIMITED and headers.get("retry-after"):
-        extra["retry-after"] = headers["retry-after"]
-    return GatewayError(status, message, code=code, param=param, type=etype, headers=extra)
 
 
 def demand_for(call: Call, model: ModelInfo, rules: tuple[RuleInfo, ...]) -> Demand:
@@ -268,49 +214,129 @@ async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
                 "include_usage": True,
             }
             strip_usage = True
-    deps = candidates(call.model)
-    if not deps:
-        raise GatewayError(
-            503, f"No deployment can serve `{call.model.name}` right now.", code="no_deployment"
-        )
+    snapshot = await state.get_snapshot()
     last_error: GatewayError | None = None
-    for attempt, dep in enumerate(deps):
+    tried = 0
+    attempts = routing.plan(snapshot, call.principal, call.model)
+    for model, dep in attempts:
+        breaker = routing.breaker(dep.id)
+        now = time.monotonic()
+        if not breaker.allow(now):
+            continue
+        adapter = adapter_for(dep.provider.kind)
         try:
-            request = adapter_for(dep.provider.kind).build(
-                call.endpoint, dep, orjson.dumps({**call.body, "model": dep.provider_model})
-            )
+            request = adapter.build(call.endpoint, dep, {**call.body, "model": dep.provider_model})
         except UnsupportedOperation:
-            last_error = GatewayError(400, f"The model `{call.model.name}` does not support /{call.endpoint}.",
+            last_error = GatewayError(400, f"The model `{model.name}` does not support /{call.endpoint}.",
                                       code="unsupported_endpoint")  # fmt: skip
             continue
-        call.deployment = dep
-        timeout = httpx.Timeout(dep.provider.timeout, connect=dep.provider.connect_timeout)
+        tried += 1
+        call.deployment, call.served_model = dep, model
+        started = time.perf_counter()
         try:
-            upstream = await state.http.send(
-                state.http.build_request(request.method, request.url, headers=request.headers, content=request.body, timeout=timeout),
-                stream=True,
-            )  # fmt: skip
-        except httpx.TransportError as exc:
-            last_error = transport_error(exc)
-            logger.warning("upstream %s failed: %s", dep.name, last_error.code)
-            continue
-        try:
-            if upstream.status_code >= 400:
-                body = await _read_bounded(upstream)
-                kind = kind_for_status(upstream.status_code)
-                last_error = _upstream_error(upstream.status_code, body, kind, dep, upstream.headers)
-                if kind.retryable and attempt + 1 < len(deps):
-                    continue
-                raise last_error
-            if stream and "text/event-stream" in upstream.headers.get("content-type", ""):
-                await _relay_stream(call, upstream, sink, strip_usage)
-            else:
-                await _relay_body(call, upstream, sink)
+            # The total timeout covers the whole call; before the first byte a timeout moves on.
+            async with asyncio.timeout(dep.total_timeout):
+                outcome = await _attempt(state, call, sink, adapter, dep, request, stream, strip_usage)
+        except TimeoutError:
+            if sink.started:  # mid-stream: the client has a truncated answer, accounted as such
+                call.status, call.error_kind = 504, "upstream_timeout_mid_stream"
+                breaker.failure(time.monotonic())
+                await sink.send(b"", more=False)
+                return
+            outcome = _failed(GatewayError(504, "The provider did not answer in time.", code="upstream_timeout",
+                                           type="timeout"), ErrorKind.TIMEOUT)  # fmt: skip
+        if outcome is None:
+            breaker.success(time.perf_counter() - started)
             return
-        finally:
-            await upstream.aclose()
-    assert last_error is not None
-    raise last_error
+        error, kind = outcome, outcome.kind
+        last_error = error
+        if kind.retryable:
+            retry_after = _retry_after(error)
+            breaker.failure(time.monotonic(), retry_after if kind is ErrorKind.RATE_LIMITED else None)
+            continue
+        if kind in (ErrorKind.AUTH,):
+            breaker.failure(time.monotonic())
+        raise error
+    if last_error is not None:
+        raise last_error
+    blocked = [routing.breaker(d.id).blocked_until for _, d in attempts]
+    wait = min(blocked) - time.monotonic() if blocked else 0
+    if wait > 0:  # every deployment asked us to wait (429 with Retry-After): pass that on
+        raise GatewayError(429, "The provider is rate limiting this model; retry after the indicated time.",
+                           code="upstream_rate_limited", type="requests", headers={"retry-after": str(int(wait) + 1)})  # fmt: skip
+    raise GatewayError(
+        503, f"Every deployment of `{call.model.name}` is out of rotation after repeated failures; try again shortly.",
+        code="deployments_unavailable", type="service_unavailable", headers={"retry-after": "5"},
+    )  # fmt: skip
+
+
+def _retry_after(error: GatewayError) -> float | None:
+    value = error.headers.get("retry-after")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+class AttemptFailed(GatewayError):
+    """An attempt that failed before anything reached the client; `kind` decides whether to move on."""
+
+    kind: ErrorKind = ErrorKind.SERVER
+
+
+def _failed(error: GatewayError, kind: ErrorKind) -> AttemptFailed:
+    failed = AttemptFailed(error.status, error.message, code=error.code, param=error.param, type=error.type,
+                           headers=dict(error.headers))  # fmt: skip
+    failed.kind = kind
+    return failed
+
+
+async def _attempt(
+    state: GatewayState,
+    call: Call,
+    sink: Sink,
+    adapter: Any,
+    dep: DeploymentInfo,
+    request: Any,
+    stream: bool,
+    strip_usage: bool,
+) -> AttemptFailed | None:
+    """One upstream call. None when the answer was relayed; the failure (not raised) otherwise."""
+    read_timeout = dep.chunk_timeout or dep.total_timeout
+    timeout = httpx.Timeout(read_timeout, connect=dep.connect_timeout)
+    http_request = state.http.build_request(request.method, request.url, headers=request.headers, content=request.body,
+                                            timeout=timeout)  # fmt: skip
+    try:
+        if dep.first_byte_timeout:
+            upstream = await asyncio.wait_for(
+                state.http.send(http_request, stream=True), dep.first_byte_timeout
+            )
+        else:
+            upstream = await state.http.send(http_request, stream=True)
+    except TimeoutError:
+        return _failed(GatewayError(504, "The provider did not start answering in time.", code="upstream_timeout",
+                                    type="timeout"), ErrorKind.TIMEOUT)  # fmt: skip
+    except httpx.TransportError as exc:
+        error = transport_error(exc)
+        logger.warning("upstream %s failed: %s", dep.name, error.code)
+        return _failed(error, ErrorKind.TIMEOUT if error.status == 504 else ErrorKind.CONNECTION)
+    try:
+        if upstream.status_code >= 400:
+            body = await _read_bounded(upstream)
+            error, kind = adapter.error_for(upstream.status_code, body, upstream.headers, dep)
+            return _failed(error, kind)
+        if stream and not adapter.passthrough:
+            await _relay_stream(
+                call, upstream, sink, adapter.stream_decoder(call.endpoint, dep, call, strip_usage)
+            )
+            return None
+        if stream and "text/event-stream" in upstream.headers.get("content-type", ""):
+            await _relay_stream(call, upstream, sink, StreamMeter(strip_usage_chunk=strip_usage))
+            return None
+        await _relay_body(call, upstream, sink, adapter, dep)
+        return None
+    finally:
+        await upstream.aclose()
 
 
 async def _read_bounded(upstream: httpx.Response) -> bytes:
@@ -330,12 +356,11 @@ def _response_headers(call: Call, content_type: str) -> list[tuple[bytes, bytes]
     ]
 
 
-async def _relay_body(call: Call, upstream: httpx.Response, sink: Sink) -> None:
-    body = await upstream.aread()
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
+async def _relay_body(
+    call: Call, upstream: httpx.Response, sink: Sink, adapter: Any, dep: DeploymentInfo
+) -> None:
+    raw = await upstream.aread()
+    body, parsed = adapter.decode(call.endpoint, dep, raw, call)
     if isinstance(parsed, dict):
         call.usage = usage_from(parsed.get("usage"))
         if call.endpoint == "images/generations" and isinstance(parsed.get("data"), list):
@@ -346,7 +371,12 @@ async def _relay_body(call: Call, upstream: httpx.Response, sink: Sink) -> None:
             call.usage.completion_tokens = tokens.count_text(_text_of(parsed))
         call.tokens_estimated = True
     call.status = upstream.status_code
-    headers = _response_headers(call, upstream.headers.get("content-type", "application/json"))
+    content_type = (
+        upstream.headers.get("content-type", "application/json")
+        if adapter.passthrough
+        else "application/json"
+    )
+    headers = _response_headers(call, content_type)
     headers.append((b"content-length", str(len(body)).encode()))
     await sink.start(upstream.status_code, headers)
     call.first_byte_at = time.perf_counter()
@@ -364,9 +394,8 @@ def _text_of(parsed: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-async def _relay_stream(call: Call, upstream: httpx.Response, sink: Sink, strip_usage: bool) -> None:
-    meter = StreamMeter(strip_usage_chunk=strip_usage)
-    headers = _response_headers(call, upstream.headers.get("content-type", "text/event-stream"))
+async def _relay_stream(call: Call, upstream: httpx.Response, sink: Sink, meter: Any) -> None:
+    headers = _response_headers(call, "text/event-stream; charset=utf-8")
     headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
     call.status = upstream.status_code
     await sink.start(upstream.status_code, headers)

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from gateway import generation
-from gateway.models import ApiKey, CatalogModel, Deployment, Provider
+from gateway.models import ApiKey, CatalogModel, DataPolicy, Deployment, Provider
 
 
 def _changed(sender: Any, **kwargs: Any) -> None:
@@ -23,7 +23,7 @@ def connect() -> None:
     user_model = get_user_model()
     from quotas.models import QuotaRule
 
-    for model in (ApiKey, Provider, CatalogModel, Deployment, Group, App, user_model, QuotaRule):
+    for model in (ApiKey, Provider, CatalogModel, Deployment, DataPolicy, Group, App, user_model, QuotaRule):
         post_save.connect(_changed, sender=model, dispatch_uid=f"gateway-gen-save-{model.__name__}")
         post_delete.connect(_changed, sender=model, dispatch_uid=f"gateway-gen-delete-{model.__name__}")
     for through in (user_model.groups.through, CatalogModel.allowed_groups.through):

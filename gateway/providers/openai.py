@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
+
+import orjson
 
 from gateway.catalog import DeploymentInfo
 from gateway.providers.base import Adapter, UnsupportedOperation, UpstreamRequest
@@ -15,7 +18,7 @@ class OpenAIAdapter(Adapter):
         {"chat/completions", "completions", "embeddings", "responses", "moderations", "images/generations"}
     )
 
-    def build(self, endpoint: str, deployment: DeploymentInfo, body: bytes) -> UpstreamRequest:
+    def build(self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any]) -> UpstreamRequest:
         if endpoint not in self.endpoints:
             raise UnsupportedOperation(endpoint)
         provider = deployment.provider
@@ -23,7 +26,7 @@ class OpenAIAdapter(Adapter):
         if provider.credential:
             headers["authorization"] = f"Bearer {provider.credential}"
         headers.update(provider.extra_headers)
-        return UpstreamRequest("POST", f"{provider.base_url}/{endpoint}", headers, body)
+        return UpstreamRequest("POST", f"{provider.base_url}/{endpoint}", headers, orjson.dumps(body))
 
 
 class AzureOpenAIAdapter(Adapter):
@@ -31,7 +34,7 @@ class AzureOpenAIAdapter(Adapter):
 
     endpoints = frozenset({"chat/completions", "completions", "embeddings", "images/generations"})
 
-    def build(self, endpoint: str, deployment: DeploymentInfo, body: bytes) -> UpstreamRequest:
+    def build(self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any]) -> UpstreamRequest:
         if endpoint not in self.endpoints:
             raise UnsupportedOperation(endpoint)
         provider = deployment.provider
@@ -42,4 +45,4 @@ class AzureOpenAIAdapter(Adapter):
         version = quote(provider.api_version or "2024-10-21", safe="")
         name = quote(deployment.provider_model, safe="")
         url = f"{provider.base_url}/openai/deployments/{name}/{endpoint}?api-version={version}"
-        return UpstreamRequest("POST", url, headers, body)
+        return UpstreamRequest("POST", url, headers, orjson.dumps(body))

@@ -132,11 +132,28 @@ def test_a_body_over_the_limit_is_413(gateway: Any, alice_key: Any, settings: An
     assert chunked.status_code == 413
 
 
-def test_provider_errors_are_relayed_with_status_and_message(sdk: openai.OpenAI, fake: FakeOpenAI) -> None:
-    fake.fail_next(429, retry_after=7)
+def test_an_upstream_429_is_relayed_and_its_retry_after_honoured(
+    sdk: openai.OpenAI, fake: FakeOpenAI
+) -> None:
+    fake.fail_next(429, retry_after=1)
     with pytest.raises(openai.RateLimitError) as exc:
         sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
-    assert exc.value.response.headers["retry-after"] == "7"
+    assert exc.value.response.headers["retry-after"] == "1"
+    calls = len(fake.requests)
+    # Within the Retry-After the deployment is not asked again: the gateway answers 429 itself.
+    with pytest.raises(openai.RateLimitError) as again:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+    assert again.value.code == "upstream_rate_limited"
+    assert len(fake.requests) == calls
+    import time
+
+    time.sleep(1.1)
+    assert sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices  # type: ignore[arg-type]
+
+
+def test_provider_client_errors_are_relayed_with_status_and_message(
+    sdk: openai.OpenAI, fake: FakeOpenAI
+) -> None:
     fake.fail_next(
         400,
         body={

@@ -18,6 +18,16 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.support.live import LiveServer
 
 
+@pytest.fixture(autouse=True)
+def _fresh_breakers() -> Iterator[None]:
+    """Circuit breakers are per process: no test inherits another's open circuits."""
+    from gateway import routing
+
+    routing.BREAKERS.clear()
+    yield
+    routing.BREAKERS.clear()
+
+
 @pytest.fixture(scope="session")
 def fake_upstream() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as fake:
