@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from gateway import edge_anthropic
 from gateway.catalog import Principal
 from gateway.errors import GatewayError
 from gateway.proxy import Call, proxy_call
@@ -39,6 +40,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 def is_proxy_path(path: str) -> bool:
     """True for the paths this handler serves instead of Django."""
+    # Speech to text takes multipart uploads: Django views of the transcription app serve it.
+    if path.startswith("/v1/audio/") or path == "/v1/transcriptions" or path.startswith("/v1/transcriptions/"):
+        return False
     return path.startswith(PROXY_PREFIXES) or path in ("/v1", "/openai", "/anthropic")
 
 
@@ -229,10 +233,25 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         body = parse_json(await read_body(scope, receive))
         if model_override is not None:
             body["model"] = model_override
+        client_sink: Any = sink
+        if endpoint == "anthropic/messages":
+            endpoint, native = "chat/completions", body
+            body = edge_anthropic.to_openai(native)
+            client_sink = edge_anthropic.AnthropicSink(
+                sink, str(native.get("model") or ""), bool(body.get("stream"))
+            )
         validate(endpoint, body)
         call = Call(endpoint=endpoint, body=body, principal=principal, request_id=request_id)
-        await _run_watching_disconnect(state, call, sink, receive)
+        await _run_watching_disconnect(state, call, client_sink, receive)
     except GatewayError as exc:
+        if path.startswith("/anthropic/") and not sink.started:
+            exc = GatewayError(
+                exc.status,
+                exc.message,
+                code=exc.code,
+                headers=exc.headers,
+                body_override=edge_anthropic.error_body(exc),
+            )
         await sink.error(exc, request_id)
     except asyncio.CancelledError:
         raise
@@ -245,6 +264,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 def _route(method: str, path: str, scope: Scope) -> tuple[str, str | None, str | None]:
     """(endpoint, model from the path, model id for GET /v1/models/{id})."""
+    if path == "/anthropic/v1/messages":
+        if method != "POST":
+            raise GatewayError(405, f"Method {method} not allowed on {path}.", code="method_not_allowed")
+        return "anthropic/messages", None, None
     if path.startswith("/v1/"):
         endpoint = path[4:]
         if endpoint == "models" or MODEL_ROUTE.match(path):

@@ -33,12 +33,15 @@ class GatewayError(Exception):
     param: str | None = None
     type: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    body_override: bytes | None = None  # a route that answers in another API's error format
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
 
     def body(self) -> bytes:
         """The JSON body, in OpenAI's format."""
+        if self.body_override is not None:
+            return self.body_override
         return orjson.dumps(
             {
                 "error": {

@@ -225,7 +225,7 @@ async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
             continue
         adapter = adapter_for(dep.provider.kind)
         try:
-            request = adapter.build(call.endpoint, dep, {**call.body, "model": dep.provider_model})
+            request = adapter.build(call.endpoint, dep, {**call.body, "model": dep.provider_model}, call)
         except UnsupportedOperation:
             last_error = GatewayError(400, f"The model `{model.name}` does not support /{call.endpoint}.",
                                       code="unsupported_endpoint")  # fmt: skip

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from gateway.providers.anthropic import AnthropicAdapter
 from gateway.providers.base import Adapter
+from gateway.providers.bedrock import BedrockAdapter
+from gateway.providers.gemini import GeminiAdapter
 from gateway.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
 
+# Adding a provider: one new module, and one line here.
 ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
     "openai_compatible": OpenAIAdapter(),
     "azure_openai": AzureOpenAIAdapter(),
+    "anthropic": AnthropicAdapter(),
+    "gemini": GeminiAdapter(),
+    "bedrock": BedrockAdapter(),
 }
 
 

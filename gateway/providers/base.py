@@ -69,7 +69,9 @@ class Adapter:
     endpoints: frozenset[str] = frozenset()
     passthrough = True
 
-    def build(self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any]) -> UpstreamRequest:
+    def build(
+        self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any], call: Any = None
+    ) -> UpstreamRequest:
         """The upstream request for ``endpoint``; ``body`` is the OpenAI body with the provider's model."""
         raise NotImplementedError
 

@@ -18,7 +18,9 @@ class OpenAIAdapter(Adapter):
         {"chat/completions", "completions", "embeddings", "responses", "moderations", "images/generations"}
     )
 
-    def build(self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any]) -> UpstreamRequest:
+    def build(
+        self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any], call: Any = None
+    ) -> UpstreamRequest:
         if endpoint not in self.endpoints:
             raise UnsupportedOperation(endpoint)
         provider = deployment.provider
@@ -34,7 +36,9 @@ class AzureOpenAIAdapter(Adapter):
 
     endpoints = frozenset({"chat/completions", "completions", "embeddings", "images/generations"})
 
-    def build(self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any]) -> UpstreamRequest:
+    def build(
+        self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any], call: Any = None
+    ) -> UpstreamRequest:
         if endpoint not in self.endpoints:
             raise UnsupportedOperation(endpoint)
         provider = deployment.provider
