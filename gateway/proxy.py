@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from gateway import routing, tokens
 from gateway.catalog import DeploymentInfo, ModelInfo, Principal, Snapshot
@@ -241,7 +242,9 @@ async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
             if sink.started:  # mid-stream: the client has a truncated answer, accounted as such
                 call.status, call.error_kind = 504, "upstream_timeout_mid_stream"
                 breaker.failure(time.monotonic())
-                await sink.send(b"", more=False)
+                await sink.send(
+                    stream_error("The provider's stream stalled.", "upstream_timeout"), more=False
+                )
                 return
             outcome = _failed(GatewayError(504, "The provider did not answer in time.", code="upstream_timeout",
                                            type="timeout"), ErrorKind.TIMEOUT)  # fmt: skip
@@ -268,6 +271,12 @@ async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
         503, f"Every deployment of `{call.model.name}` is out of rotation after repeated failures; try again shortly.",
         code="deployments_unavailable", type="service_unavailable", headers={"retry-after": "5"},
     )  # fmt: skip
+
+
+def stream_error(message: str, code: str) -> bytes:
+    """An SSE event that ends a broken stream: the openai SDK raises APIError on an `error` object."""
+    payload = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _retry_after(error: GatewayError) -> float | None:
@@ -306,6 +315,7 @@ async def _attempt(
     timeout = httpx.Timeout(read_timeout, connect=dep.connect_timeout)
     http_request = state.http.build_request(request.method, request.url, headers=request.headers, content=request.body,
                                             timeout=timeout)  # fmt: skip
+    started = time.monotonic()
     try:
         if dep.first_byte_timeout:
             upstream = await asyncio.wait_for(
@@ -320,23 +330,59 @@ async def _attempt(
         error = transport_error(exc)
         logger.warning("upstream %s failed: %s", dep.name, error.code)
         return _failed(error, ErrorKind.TIMEOUT if error.status == 504 else ErrorKind.CONNECTION)
+    chunks = upstream.aiter_raw()
+    first = b""
+    if upstream.status_code < 400:
+        # The first byte of the body too must come within first_byte_timeout: until it has
+        # arrived nothing reached the client, so a timeout still moves on to the next deployment.
+        left = (dep.first_byte_timeout - (time.monotonic() - started)) if dep.first_byte_timeout else None
+        try:
+            first = (
+                await asyncio.wait_for(anext(chunks, b""), left)
+                if left is not None
+                else await anext(chunks, b"")
+            )
+        except TimeoutError:
+            await upstream.aclose()
+            return _failed(GatewayError(504, "The provider did not start answering in time.", code="upstream_timeout",
+                                        type="timeout"), ErrorKind.TIMEOUT)  # fmt: skip
+        except httpx.TransportError as exc:
+            await upstream.aclose()
+            return _failed(transport_error(exc), ErrorKind.CONNECTION)
+    body = _Prefetched(first, chunks)
     try:
         if upstream.status_code >= 400:
-            body = await _read_bounded(upstream)
-            error, kind = adapter.error_for(upstream.status_code, body, upstream.headers, dep)
+            error_body = await _read_bounded(upstream)
+            error, kind = adapter.error_for(upstream.status_code, error_body, upstream.headers, dep)
             return _failed(error, kind)
         if stream and not adapter.passthrough:
             await _relay_stream(
-                call, upstream, sink, adapter.stream_decoder(call.endpoint, dep, call, strip_usage)
+                call, upstream, body, sink, adapter.stream_decoder(call.endpoint, dep, call, strip_usage)
             )
             return None
         if stream and "text/event-stream" in upstream.headers.get("content-type", ""):
-            await _relay_stream(call, upstream, sink, StreamMeter(strip_usage_chunk=strip_usage))
+            await _relay_stream(call, upstream, body, sink, StreamMeter(strip_usage_chunk=strip_usage))
             return None
-        await _relay_body(call, upstream, sink, adapter, dep)
+        await _relay_body(call, upstream, body, sink, adapter, dep)
         return None
     finally:
         await upstream.aclose()
+
+
+class _Prefetched:
+    """The upstream body with its first chunk already read."""
+
+    def __init__(self, first: bytes, rest: Any) -> None:
+        self.first, self.rest = first, rest
+
+    async def __aiter__(self) -> Any:
+        if self.first:
+            yield self.first
+        async for chunk in self.rest:
+            yield chunk
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
 
 
 async def _read_bounded(upstream: httpx.Response) -> bytes:
@@ -357,9 +403,14 @@ def _response_headers(call: Call, content_type: str) -> list[tuple[bytes, bytes]
 
 
 async def _relay_body(
-    call: Call, upstream: httpx.Response, sink: Sink, adapter: Any, dep: DeploymentInfo
+    call: Call,
+    upstream: httpx.Response,
+    body_chunks: _Prefetched,
+    sink: Sink,
+    adapter: Any,
+    dep: DeploymentInfo,
 ) -> None:
-    raw = await upstream.aread()
+    raw = await body_chunks.read()
     body, parsed = adapter.decode(call.endpoint, dep, raw, call)
     if isinstance(parsed, dict):
         call.usage = usage_from(parsed.get("usage"))
@@ -394,13 +445,15 @@ def _text_of(parsed: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-async def _relay_stream(call: Call, upstream: httpx.Response, sink: Sink, meter: Any) -> None:
+async def _relay_stream(
+    call: Call, upstream: httpx.Response, body_chunks: _Prefetched, sink: Sink, meter: Any
+) -> None:
     headers = _response_headers(call, "text/event-stream; charset=utf-8")
     headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
     call.status = upstream.status_code
     await sink.start(upstream.status_code, headers)
     try:
-        async for chunk in upstream.aiter_raw():
+        async for chunk in body_chunks:
             out = meter.feed(chunk)
             if out:
                 if call.first_byte_at is None:
@@ -409,8 +462,10 @@ async def _relay_stream(call: Call, upstream: httpx.Response, sink: Sink, meter:
         tail = meter.finish()
         await sink.send(tail, more=False)
     except httpx.HTTPError:
-        # Headers are gone already: the client sees a truncated stream; we account what was sent.
+        # Headers are gone already: an error event tells the client (the SDKs raise on it) and the
+        # call is accounted for what was sent.
         call.status, call.error_kind = 502, "upstream_stream_broken"
+        await sink.send(stream_error("The provider's stream broke off.", "upstream_stream_broken"), more=True)
         raise GatewayError(502, "The provider's stream broke off.", code="upstream_stream_broken") from None
     finally:
         call.usage = meter.usage

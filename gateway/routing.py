@@ -6,6 +6,7 @@ published for the admin's health view (Redis when configured, else read in proce
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -121,3 +122,51 @@ def plan(
             code="policy_denied", type="permission_error",
         )  # fmt: skip
     return allowed
+
+
+HEALTH_KEY = "gateway:{health}:deployments"
+STATE_ORDER = {CLOSED: 0, "degraded": 1, HALF_OPEN: 2, OPEN: 3}
+
+
+async def health_publish(client: object) -> None:
+    """Publish this process's breaker states to Redis (polled by the admin's health view)."""
+    if not BREAKERS:
+        return
+    pid = os.getpid()
+    mapping = {f"{dep_id}:{pid}": json.dumps(b.health()) for dep_id, b in BREAKERS.items()}
+    await client.hset(HEALTH_KEY, mapping=mapping)  # type: ignore[attr-defined]
+    await client.expire(HEALTH_KEY, 300)  # type: ignore[attr-defined]
+
+
+def health_read() -> dict[int, dict[str, object]]:
+    """deployment id → merged health over every live process (the worst state wins)."""
+    rows: list[tuple[int, dict[str, object]]] = [(dep_id, b.health()) for dep_id, b in BREAKERS.items()]
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        try:
+            for field_name, value in client.hgetall(HEALTH_KEY).items():
+                health = json.loads(value)
+                if time.time() - float(health.get("at", 0)) < 60:
+                    name = field_name.decode() if isinstance(field_name, bytes) else str(field_name)
+                    rows.append((int(name.split(":")[0]), health))
+        finally:
+            client.close()
+    merged: dict[int, dict[str, object]] = {}
+    for dep_id, health in rows:
+        seen = merged.get(dep_id)
+        if seen is None:
+            merged[dep_id] = dict(health)
+            continue
+        if STATE_ORDER.get(str(health["state"]), 0) > STATE_ORDER.get(str(seen["state"]), 0):
+            seen["state"] = health["state"]
+        total = int(seen["requests"]) + int(health["requests"])  # type: ignore[call-overload]
+        if total:
+            seen["error_rate"] = (
+                float(seen["error_rate"]) * int(seen["requests"])
+                + float(health["error_rate"]) * int(health["requests"])
+            ) / total  # type: ignore[arg-type,call-overload]
+        seen["requests"] = total
+        seen["p50_ms"] = health["p50_ms"] or seen["p50_ms"]
+    return merged

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
-from gateway.models import CatalogModel, Deployment, Provider, ProviderKind
+from gateway.models import CatalogModel, DataPolicy, Deployment, Provider, ProviderKind
 from portal.models import App
 
 
@@ -37,8 +37,23 @@ class SyncReport:
 
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "per_image", "per_audio_second")
 PROVIDER_KEYS = {"name", "kind", "base_url", "api_key", "api_key_env", "api_version", "region", "enabled",
-                 "timeout", "connect_timeout", "headers"}  # fmt: skip
-MODEL_KEYS = {"name", "kind", "description", "enabled", "max_output_tokens", "price", "groups", "deployments"}
+                 "timeout", "connect_timeout", "headers", "flags", "options", "access_key_id", "vertex", "project",
+                 "location", "bedrock"}  # fmt: skip
+MODEL_KEYS = {
+    "name",
+    "kind",
+    "description",
+    "enabled",
+    "max_output_tokens",
+    "price",
+    "groups",
+    "deployments",
+    "fallbacks",
+}
+DEPLOYMENT_KEYS = {"provider", "model", "weight", "priority", "enabled", "region", "flags", "connect_timeout",
+                   "first_byte_timeout", "chunk_timeout", "total_timeout"}  # fmt: skip
+# Shorthands for vendor options (also accepted inside `options:`).
+OPTION_KEYS = ("access_key_id", "vertex", "project", "location", "bedrock")
 
 
 def _require(item: Any, where: str, keys: set[str], required: tuple[str, ...]) -> dict[str, Any]:
@@ -97,8 +112,16 @@ def _sync_groups(items: list[Any], report: SyncReport) -> dict[str, Group]:
     groups = {}
     for i, item in enumerate(items):
         item = {"name": item} if isinstance(item, str) else item
-        spec = _require(item, f"groups[{i}]", {"name"}, ("name",))
-        groups[spec["name"]] = _group(spec["name"], report)
+        spec = _require(item, f"groups[{i}]", {"name", "data_policy"}, ("name",))
+        group = groups[spec["name"]] = _group(spec["name"], report)
+        policy_spec = spec.get("data_policy")
+        if policy_spec is not None:
+            policy_spec = _require(policy_spec, f"groups[{i}].data_policy",
+                                   {"allowed_regions", "allowed_providers", "required_flags"}, ())  # fmt: skip
+            policy = DataPolicy.objects.filter(group=group).first()
+            _apply(policy or DataPolicy(group=group), {k: list(policy_spec.get(k) or []) for k in
+                   ("allowed_regions", "allowed_providers", "required_flags")}, f"data policy {spec['name']}", report,
+                   policy is None)  # fmt: skip
     return groups
 
 
@@ -118,6 +141,8 @@ def _sync_providers(items: list[Any], report: SyncReport) -> dict[str, Provider]
             "api_version": str(spec.get("api_version", "")), "region": spec.get("region", ""),
             "enabled": bool(spec.get("enabled", True)), "timeout_seconds": float(spec.get("timeout", 600)),
             "connect_timeout_seconds": float(spec.get("connect_timeout", 10)), "extra_headers": spec.get("headers") or {},
+            "flags": list(spec.get("flags") or []),
+            "options": {**(spec.get("options") or {}), **{k: spec[k] for k in OPTION_KEYS if k in spec}},
         }  # fmt: skip
         wanted_key = str(spec.get("api_key") or "")
         if (provider.credential() if provider.api_key_encrypted else "") != wanted_key:
@@ -150,6 +175,7 @@ def _sync_models(
         values: dict[str, Any] = {
             "kind": spec.get("kind", "chat"), "description": spec.get("description", ""),
             "enabled": bool(spec.get("enabled", True)), "max_output_tokens": int(spec.get("max_output_tokens", 4096)),
+            "fallbacks": list(spec.get("fallbacks") or []),
         }  # fmt: skip
         for fname in PRICE_FIELDS:
             values[fname] = Decimal(str(price.get(fname, 0))).quantize(Decimal("0.00000001"))
@@ -162,9 +188,7 @@ def _sync_models(
         kept = []
         for j, dep_spec in enumerate(spec.get("deployments") or []):
             where = f"models[{i}].deployments[{j}]"
-            dep_spec = _require(
-                dep_spec, where, {"provider", "model", "weight", "priority", "enabled"}, ("provider", "model")
-            )
+            dep_spec = _require(dep_spec, where, DEPLOYMENT_KEYS, ("provider", "model"))
             provider = (
                 providers.get(dep_spec["provider"])
                 or Provider.objects.filter(name=dep_spec["provider"]).first()
@@ -176,8 +200,11 @@ def _sync_models(
             ).first()
             dep_created = dep is None
             dep = dep or Deployment(model=model, provider=provider, provider_model=dep_spec["model"])
+            timeouts = {f: (float(dep_spec[f]) if dep_spec.get(f) is not None else None)
+                        for f in ("connect_timeout", "first_byte_timeout", "chunk_timeout", "total_timeout")}  # fmt: skip
             _apply(dep, {"weight": int(dep_spec.get("weight", 1)), "priority": int(dep_spec.get("priority", 0)),
-                         "enabled": bool(dep_spec.get("enabled", True))},
+                         "enabled": bool(dep_spec.get("enabled", True)), "region": dep_spec.get("region", ""),
+                         "flags": list(dep_spec.get("flags") or []), **timeouts},
                    f"deployment {spec['name']} → {provider.name}/{dep_spec['model']}", report, dep_created)  # fmt: skip
             kept.append(dep.pk)
         if prune:

@@ -33,7 +33,9 @@ def backup(fake: FakeOpenAI, catalog: Any) -> Provider:
     return dead
 
 
-def test_a_dead_primary_falls_back_with_no_client_visible_error(sdk: openai.OpenAI, backup: Provider, ledger: Any, settings: Any) -> None:
+def test_a_dead_primary_falls_back_with_no_client_visible_error(
+    sdk: openai.OpenAI, backup: Provider, ledger: Any, settings: Any
+) -> None:
     settings.GATEWAY_CIRCUIT_FAILURES = 2
     for _ in range(4):
         assert sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content  # type: ignore[arg-type]
@@ -47,7 +49,9 @@ def test_a_dead_primary_falls_back_with_no_client_visible_error(sdk: openai.Open
     assert events[-1].latency_ms < events[0].latency_ms + 400
 
 
-def test_fallback_chains_cross_models(sdk: openai.OpenAI, catalog: Any, fake: FakeOpenAI, ledger: Any) -> None:
+def test_fallback_chains_cross_models(
+    sdk: openai.OpenAI, catalog: Any, fake: FakeOpenAI, ledger: Any
+) -> None:
     mini = catalog["mini"]
     mini.fallbacks = ["gpt-4o"]
     mini.save()
@@ -74,14 +78,18 @@ def test_a_5xx_before_the_first_byte_moves_on(sdk: openai.OpenAI, catalog: Any, 
     second = Provider(name="second", kind="openai_compatible", base_url=fake.base_url)
     second.set_api_key(fake.api_key)
     second.save()
-    Deployment.objects.create(model=catalog["mini"], provider=second, provider_model="gpt-4o-mini", priority=1)
+    Deployment.objects.create(
+        model=catalog["mini"], provider=second, provider_model="gpt-4o-mini", priority=1
+    )
     time.sleep(0.3)
     fake.fail_next(503)
     assert sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices  # type: ignore[arg-type]
     assert len(fake.requests) == 2  # one 503, one success: one retry, by the gateway only
 
 
-def test_a_data_policy_keeps_requests_in_its_regions(gateway: Any, backup: Provider, engineering: Group, django_user_model: Any, fake: FakeOpenAI) -> None:
+def test_a_data_policy_keeps_requests_in_its_regions(
+    gateway: Any, backup: Provider, engineering: Group, django_user_model: Any, fake: FakeOpenAI
+) -> None:
     carol = django_user_model.objects.create_user("carol")
     carol.groups.add(engineering)
     DataPolicy.objects.create(group=engineering, allowed_regions=["westeurope"])
@@ -110,3 +118,69 @@ def test_a_key_policy_only_narrows(gateway: Any, backup: Provider, alice_key: An
     assert client.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices  # type: ignore[arg-type]
 
 
+def test_a_connection_reset_mid_stream_is_not_retried_and_is_charged_for_what_arrived(
+    gateway: Any, alice_key: Any, fake: FakeOpenAI, ledger: Any
+) -> None:
+    fake.behaviour(drop_mid_stream=3, stream_words=10)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=alice_key[1], max_retries=0)
+    received = ""
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True):  # type: ignore[arg-type]
+            received += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert len(fake.requests) == 1  # after the first byte there is no retry
+    [event] = ledger(1)
+    assert event.status == 502 and event.error_kind == "upstream_stream_broken"
+    assert 0 < event.completion_tokens < 10
+
+
+def test_a_slow_stream_hits_the_between_chunks_timeout(
+    gateway: Any, alice_key: Any, fake: FakeOpenAI, catalog: Any, ledger: Any
+) -> None:
+    for dep in Deployment.objects.filter(model=catalog["mini"]):
+        dep.chunk_timeout = 0.3
+        dep.save()
+    time.sleep(0.3)
+    fake.behaviour(chunk_delay_ms=1000, stream_words=5)
+    started = time.monotonic()
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {alice_key[1]}"},
+                      json={"model": "gpt-4o-mini", "messages": HELLO, "stream": True}, timeout=30) as response:  # fmt: skip
+        body = b"".join(response.iter_raw())
+    assert time.monotonic() - started < 3
+    assert b"[DONE]" not in body
+    [event] = ledger(1)
+    assert event.status in (502, 504)
+
+
+def test_a_first_byte_timeout_moves_on_to_the_next_deployment(
+    sdk: openai.OpenAI, catalog: Any, fake: FakeOpenAI
+) -> None:
+    slow = Provider(name="slow", kind="openai_compatible", base_url=fake.base_url)
+    slow.set_api_key(fake.api_key)
+    slow.save()
+    Deployment.objects.create(model=catalog["mini"], provider=slow, provider_model="gpt-4o-mini", priority=1)
+    for dep in Deployment.objects.filter(model=catalog["mini"]):
+        dep.first_byte_timeout = 0.3
+        dep.save()
+    time.sleep(0.3)
+    fake.behaviour(latency_ms=1000)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as exc:  # both wait 1 s: both time out at 0.3 s
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+    assert exc.value.status_code == 504
+    assert time.monotonic() - started < 2.5
+    assert len(fake.requests) == 2  # tried the primary, then the fallback, then gave up
+
+
+def test_deployment_health_is_shown_to_admins(
+    sdk: openai.OpenAI, backup: Provider, django_user_model: Any
+) -> None:
+    from django.test import Client
+
+    for _ in range(2):
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+    admin = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    client = Client()
+    client.force_login(admin)
+    page = client.get("/admin/gateway/deployment/").content.decode()
+    assert "errors (5 min)" in page.lower() or "Errors (5 min)" in page
+    assert "100% of" in page  # the dead deployment's recent error rate
