@@ -12,6 +12,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 
@@ -56,7 +57,7 @@ class Breaker:
         if self.state == HALF_OPEN or self.failures >= settings.GATEWAY_CIRCUIT_FAILURES:
             self.state, self.opened_at, self.probing = OPEN, now, False
 
-    def health(self) -> dict[str, object]:
+    def health(self) -> dict[str, Any]:
         recent = [o for o in self.outcomes if o[0] > time.time() - 300]
         errors = sum(1 for o in recent if not o[1])
         latencies = sorted(o[2] for o in recent if o[1])
@@ -128,19 +129,19 @@ HEALTH_KEY = "gateway:{health}:deployments"
 STATE_ORDER = {CLOSED: 0, "degraded": 1, HALF_OPEN: 2, OPEN: 3}
 
 
-async def health_publish(client: object) -> None:
+async def health_publish(client: Any) -> None:
     """Publish this process's breaker states to Redis (polled by the admin's health view)."""
     if not BREAKERS:
         return
     pid = os.getpid()
     mapping = {f"{dep_id}:{pid}": json.dumps(b.health()) for dep_id, b in BREAKERS.items()}
-    await client.hset(HEALTH_KEY, mapping=mapping)  # type: ignore[attr-defined]
-    await client.expire(HEALTH_KEY, 300)  # type: ignore[attr-defined]
+    await client.hset(HEALTH_KEY, mapping=mapping)
+    await client.expire(HEALTH_KEY, 300)
 
 
-def health_read() -> dict[int, dict[str, object]]:
+def health_read() -> dict[int, dict[str, Any]]:
     """deployment id → merged health over every live process (the worst state wins)."""
-    rows: list[tuple[int, dict[str, object]]] = [(dep_id, b.health()) for dep_id, b in BREAKERS.items()]
+    rows: list[tuple[int, dict[str, Any]]] = [(dep_id, b.health()) for dep_id, b in BREAKERS.items()]
     if settings.REDIS_URL:
         import redis
 
@@ -153,7 +154,7 @@ def health_read() -> dict[int, dict[str, object]]:
                     rows.append((int(name.split(":")[0]), health))
         finally:
             client.close()
-    merged: dict[int, dict[str, object]] = {}
+    merged: dict[int, dict[str, Any]] = {}
     for dep_id, health in rows:
         seen = merged.get(dep_id)
         if seen is None:
@@ -161,12 +162,12 @@ def health_read() -> dict[int, dict[str, object]]:
             continue
         if STATE_ORDER.get(str(health["state"]), 0) > STATE_ORDER.get(str(seen["state"]), 0):
             seen["state"] = health["state"]
-        total = int(seen["requests"]) + int(health["requests"])  # type: ignore[call-overload]
+        total = int(seen["requests"]) + int(health["requests"])
         if total:
             seen["error_rate"] = (
                 float(seen["error_rate"]) * int(seen["requests"])
                 + float(health["error_rate"]) * int(health["requests"])
-            ) / total  # type: ignore[arg-type,call-overload]
+            ) / total
         seen["requests"] = total
         seen["p50_ms"] = health["p50_ms"] or seen["p50_ms"]
     return merged

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -230,9 +231,7 @@ class AnthropicAdapter(Adapter):
 
             payload["anthropic_version"] = BEDROCK_VERSION
             stream = payload.pop("stream", False)
-            path = (
-                f"/model/{deployment.provider_model}/{'invoke-with-response-stream' if stream else 'invoke'}"
-            )
+            path = f"/model/{quote(deployment.provider_model, safe=':')}/{'invoke-with-response-stream' if stream else 'invoke'}"
             return signed_request(deployment, path, orjson.dumps(payload))
         payload["model"] = deployment.provider_model
         headers = {

@@ -258,7 +258,7 @@ class BedrockAdapter(Adapter):
         payload = converse_body(body, call)
         action = "converse-stream" if body.get("stream") else "converse"
         return signed_request(
-            deployment, f"/model/{quote(deployment.provider_model, safe='')}/{action}", orjson.dumps(payload)
+            deployment, f"/model/{quote(deployment.provider_model, safe=':')}/{action}", orjson.dumps(payload)
         )
 
     def decode(self, endpoint: str, deployment: DeploymentInfo, raw: bytes, call: Any) -> tuple[bytes, Any]:

@@ -126,7 +126,11 @@ def generate_body(body: dict[str, Any], call: Any) -> dict[str, Any]:
         out["tools"] = [{"functionDeclarations": [{"name": t["name"], "description": t["description"],
                                                    "parameters": _schema(t["parameters"])} for t in tools]}]  # fmt: skip
         choice = body.get("tool_choice")
-        mode = "ANY" if isinstance(choice, dict) else {"required": "ANY", "none": "NONE"}.get(str(choice), "AUTO")
+        mode = (
+            "ANY"
+            if isinstance(choice, dict)
+            else {"required": "ANY", "none": "NONE"}.get(str(choice), "AUTO")
+        )
         calling: dict[str, Any] = {"mode": mode}
         if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
             calling["allowedFunctionNames"] = [choice["function"].get("name")]
