@@ -28,6 +28,7 @@ install: $(VENV)/.stamp-run ## Create .venv and install the platform
 
 run: $(VENV)/.stamp-run ## Set up and serve the whole platform on embedded defaults (Ctrl-C stops)
 	$(PY) manage.py migrate --no-input -v 1
+	$(PY) manage.py ensure_superuser
 	$(PY) manage.py seed_demo
 	$(PY) manage.py serve --no-migrate
 
