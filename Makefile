@@ -21,7 +21,7 @@ $(VENV)/.stamp-run: pyproject.toml constraints.txt
 $(VENV)/.stamp-dev: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,whisper]'
 	@touch $@ $(VENV)/.stamp-run
 
 install: $(VENV)/.stamp-run ## Create .venv and install the platform

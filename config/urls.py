@@ -1,4 +1,5 @@
-"""URL map: portal at /, admin at /admin/, the management API at /api/, health at /healthz."""
+"""URL map: portal at /, admin at /admin/, the management API at /api/, sign-in at /accounts/ and /auth/,
+health at /healthz."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ from django.urls import include, path
 
 from config.api import api
 from config.health import healthz, livez
+from portal.identity import LoginView
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("livez", livez, name="livez"),
+    # The usage dashboard and chargeback report live under the admin console (staff only).
+    path("admin/dashboard/", include("quotas.urls")),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
+    # Entra ID sign-in: /auth/login/entra-id/ starts it, /auth/complete/entra-id/ is the redirect URI.
+    path("auth/", include("social_django.urls", namespace="social")),
+    path("", include("transcription.urls")),
     path("", include("portal.urls")),
 ]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from gateway import keys
-from gateway.models import ApiKey, CatalogModel, Deployment, Provider
+from gateway import keys, routing
+from gateway.models import ApiKey, CatalogModel, DataPolicy, Deployment, Provider
+from portal import audit
 
 
 class ProviderForm(forms.ModelForm):
@@ -65,8 +68,40 @@ class CatalogModelAdmin(admin.ModelAdmin):
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ["model", "provider", "provider_model", "weight", "priority", "enabled"]
-    list_filter = ["provider", "enabled"]
+    """Deployments with their live health: breaker state, recent error rate and latency (last 5 min)."""
+
+    list_display = ["model", "provider", "provider_model", "region", "weight", "priority", "enabled", "health_state",
+                    "error_rate", "latency_p50"]  # fmt: skip
+    list_filter = ["provider", "enabled", "region"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        try:
+            self._health = routing.health_read()
+        except Exception:  # the health store may be down: the list must still load
+            self._health = {}
+        return super().changelist_view(request, extra_context)
+
+    def _h(self, obj: Deployment) -> dict[str, Any]:
+        return getattr(self, "_health", {}).get(obj.pk, {})
+
+    @admin.display(description="state")
+    def health_state(self, obj: Deployment) -> str:
+        return str(self._h(obj).get("state", "no traffic"))
+
+    @admin.display(description="errors (5 min)")
+    def error_rate(self, obj: Deployment) -> str:
+        h = self._h(obj)
+        return f"{float(h['error_rate']) * 100:.0f}% of {h['requests']}" if h.get("requests") else "—"
+
+    @admin.display(description="p50 latency")
+    def latency_p50(self, obj: Deployment) -> str:
+        p50 = self._h(obj).get("p50_ms")
+        return f"{float(p50):.0f} ms" if p50 is not None else "—"
+
+
+@admin.register(DataPolicy)
+class DataPolicyAdmin(admin.ModelAdmin):
+    list_display = ["group", "allowed_regions", "allowed_providers", "required_flags"]
 
 
 class ApiKeyStateFilter(admin.SimpleListFilter):
@@ -87,11 +122,49 @@ class ApiKeyStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ApiKeyLastUsedFilter(admin.SimpleListFilter):
+    title = "last used"
+    parameter_name = "used"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("never", "never"), ("day", "in the last 24 hours"), ("week", "in the last 7 days"),
+                ("stale", "not in the last 30 days")]  # fmt: skip
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        now = timezone.now()
+        if self.value() == "never":
+            return queryset.filter(last_used_at__isnull=True)
+        if self.value() == "day":
+            return queryset.filter(last_used_at__gte=now - timedelta(days=1))
+        if self.value() == "week":
+            return queryset.filter(last_used_at__gte=now - timedelta(days=7))
+        if self.value() == "stale":
+            return queryset.filter(last_used_at__lt=now - timedelta(days=30))
+        return queryset
+
+
+class ApiKeyOwnerTypeFilter(admin.SimpleListFilter):
+    title = "owner type"
+    parameter_name = "owner"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("user", "a user"), ("app", "an app (service key)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        if self.value() == "user":
+            return queryset.filter(user__isnull=False)
+        if self.value() == "app":
+            return queryset.filter(app__isnull=False)
+        return queryset
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["name", "hint", "user", "app", "state", "expires_at", "last_used_at", "created_at"]
-    list_filter = [ApiKeyStateFilter, "app", "created_at", "last_used_at"]
-    search_fields = ["name", "hint", "user__username", "app__name"]
+    list_filter = [ApiKeyStateFilter, ApiKeyOwnerTypeFilter, ("user", admin.RelatedOnlyFieldListFilter),
+                   ("app", admin.RelatedOnlyFieldListFilter), ApiKeyLastUsedFilter, "created_at"]  # fmt: skip
+    search_fields = ["name", "hint", "user__username", "user__email", "app__name"]
+    list_select_related = ["user", "app"]
     readonly_fields = ["hint", "last_used_at", "created_at", "created_by", "revoked_at"]
     fields = [
         "name",
@@ -105,7 +178,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "created_at",
         "created_by",
     ]
-    actions = ["revoke"]
+    autocomplete_fields = ["user"]
+    actions = ["revoke", "rotate"]
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if not change:
@@ -113,17 +187,46 @@ class ApiKeyAdmin(admin.ModelAdmin):
             obj.set_secret(plaintext)
             obj.created_by = request.user  # type: ignore[assignment]
             super().save_model(request, obj, form, change)
-            # The only time the secret is ever shown.
-            messages.warning(
-                request, f"New key (copy it now, it is not stored and will not be shown again): {plaintext}"
-            )
+            audit.record(action="key.issued", instance=obj, actor=request.user)
+            setattr(request, "issued_secrets", [(obj, plaintext)])  # noqa: B010 (shown by response_add)
             return
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Revoke the selected keys")
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        issued = getattr(request, "issued_secrets", None)
+        if issued:
+            return self.secrets_page(request, issued, title="API key issued")
+        return super().response_add(request, obj, post_url_continue)
+
+    def secrets_page(
+        self, request: HttpRequest, issued: list[tuple[ApiKey, str]], *, title: str
+    ) -> HttpResponse:
+        """The only time a secret is shown: in this response, never stored, never in a cookie or the session."""
+        context = {**self.admin_site.each_context(request), "title": title, "issued": issued,
+                   "opts": self.model._meta}  # fmt: skip
+        response = TemplateResponse(request, "admin/gateway/apikey/secrets.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke the selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         from gateway.services import key_revoke
 
+        count = 0
         for key in queryset.filter(revoked_at__isnull=True):
-            key_revoke(key=key)
-        self.message_user(request, "Revoked.")
+            key_revoke(key=key, actor=request.user)  # type: ignore[arg-type]
+            count += 1
+        self.message_user(request, f"Revoked {count} key(s).")
+
+    @admin.action(description="Rotate the selected keys (new key; the old one expires after the grace period)",
+                  permissions=["change"])  # fmt: skip
+    def rotate(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
+        from gateway.services import key_rotate
+
+        issued = [key_rotate(key=key, actor=request.user) for key in queryset.filter(revoked_at__isnull=True)]  # type: ignore[arg-type]
+        if not issued:
+            self.message_user(request, "Nothing to rotate: revoked keys cannot be rotated.", messages.WARNING)
+            return None
+        return self.secrets_page(request, issued, title="API keys rotated")

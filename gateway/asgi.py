@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from gateway import edge_anthropic
+from gateway import edge_anthropic, edge_gemini, entra, keyevents
 from gateway.catalog import Principal
 from gateway.errors import GatewayError
 from gateway.proxy import Call, proxy_call
@@ -24,12 +24,15 @@ from gateway.state import GatewayState, get_state
 
 logger = logging.getLogger(__name__)
 
-PROXY_PREFIXES = ("/v1/", "/openai/", "/anthropic/")
+PROXY_PREFIXES = ("/v1/", "/openai/", "/anthropic/", "/gemini/")
 PROXY_ENDPOINTS = frozenset(
     {"chat/completions", "completions", "embeddings", "responses", "moderations", "images/generations"}
 )
 AZURE_ROUTE = re.compile(
     r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<endpoint>chat/completions|completions|embeddings|images/generations)$"
+)
+GEMINI_ROUTE = re.compile(
+    r"^/gemini/v1(?:beta)?/models/(?P<model>[^/:]+):(?P<action>generateContent|streamGenerateContent)$"
 )
 MODEL_ROUTE = re.compile(r"^/v1/models/(?P<model>.+)$")
 
@@ -41,7 +44,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 def is_proxy_path(path: str) -> bool:
     """True for the paths this handler serves instead of Django."""
     # Speech to text takes multipart uploads: Django views of the transcription app serve it.
-    if path.startswith("/v1/audio/") or path == "/v1/transcriptions" or path.startswith("/v1/transcriptions/"):
+    if (
+        path.startswith("/v1/audio/")
+        or path == "/v1/transcriptions"
+        or path.startswith("/v1/transcriptions/")
+    ):
         return False
     return path.startswith(PROXY_PREFIXES) or path in ("/v1", "/openai", "/anthropic")
 
@@ -100,7 +107,12 @@ def presented_key(scope: Scope) -> str | None:
                 401, "Malformed Authorization header: expected `Bearer <key>`.", code="invalid_api_key"
             )
         return token.strip()
-    for name in (b"api-key", b"x-api-key") if scope["path"].startswith("/anthropic/") else (b"api-key",):
+    names: tuple[bytes, ...] = (b"api-key",)
+    if scope["path"].startswith("/anthropic/"):
+        names = (b"api-key", b"x-api-key")
+    elif scope["path"].startswith("/gemini/"):
+        names = (b"x-goog-api-key",)
+    for name in names:
         value = _header(scope, name)
         if value is not None:
             return value.decode("latin-1").strip()
@@ -116,12 +128,16 @@ async def authenticate(state: GatewayState, scope: Scope) -> Principal:
             "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or the `api-key` header).",
             code="missing_api_key",
         )
+    if entra.looks_like_jwt(key):  # an Entra ID access token (service-to-service), not an issued key
+        return await state.entra.principal(key)
     principal = await state.principal_for_key(key)
     if principal is None:
         raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
     if principal.revoked:
+        await keyevents.key_refused(state, principal, "revoked", scope)
         raise GatewayError(401, "This API key has been revoked.", code="key_revoked")
     if principal.expired():
+        await keyevents.key_refused(state, principal, "expired", scope)
         raise GatewayError(401, "This API key has expired.", code="key_expired")
     return principal
 
@@ -231,9 +247,14 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 await state.buffer.put(call.event())
             return
         body = parse_json(await read_body(scope, receive))
-        if model_override is not None:
+        if model_override is not None and not endpoint.startswith("gemini/"):
             body["model"] = model_override
         client_sink: Any = sink
+        if endpoint.startswith("gemini/"):
+            stream = endpoint == "gemini/stream"
+            body = edge_gemini.to_openai(body, str(model_override), stream)
+            client_sink = edge_gemini.GeminiSink(sink, str(model_override), stream)
+            endpoint = "chat/completions"
         if endpoint == "anthropic/messages":
             endpoint, native = "chat/completions", body
             body = edge_anthropic.to_openai(native)
@@ -244,6 +265,14 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         call = Call(endpoint=endpoint, body=body, principal=principal, request_id=request_id)
         await _run_watching_disconnect(state, call, client_sink, receive)
     except GatewayError as exc:
+        if path.startswith("/gemini/") and not sink.started:
+            exc = GatewayError(
+                exc.status,
+                exc.message,
+                code=exc.code,
+                headers=exc.headers,
+                body_override=edge_gemini.error_body(exc),
+            )
         if path.startswith("/anthropic/") and not sink.started:
             exc = GatewayError(
                 exc.status,
@@ -264,6 +293,15 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 def _route(method: str, path: str, scope: Scope) -> tuple[str, str | None, str | None]:
     """(endpoint, model from the path, model id for GET /v1/models/{id})."""
+    gemini = GEMINI_ROUTE.match(path)
+    if gemini:
+        if method != "POST":
+            raise GatewayError(405, f"Method {method} not allowed on {path}.", code="method_not_allowed")
+        return (
+            ("gemini/stream" if gemini["action"] == "streamGenerateContent" else "gemini/generate"),
+            gemini["model"],
+            None,
+        )
     if path == "/anthropic/v1/messages":
         if method != "POST":
             raise GatewayError(405, f"Method {method} not allowed on {path}.", code="method_not_allowed")

@@ -43,7 +43,9 @@ def to_openai(body: dict[str, Any]) -> dict[str, Any]:
             continue
         content = message.get("content")
         blocks: list[dict[str, Any]] = (
-            [{"type": "text", "text": content}] if isinstance(content, str) else [b for b in content or () if isinstance(b, dict)]
+            [{"type": "text", "text": content}]
+            if isinstance(content, str)
+            else [b for b in content or () if isinstance(b, dict)]
         )
         if message.get("role") == "assistant":
             text = "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")

@@ -18,8 +18,9 @@ from django.conf import settings
 
 from config import lifespan
 from config.db import adb
-from gateway import generation, keys
+from gateway import generation, keys, routing
 from gateway.catalog import Principal, Snapshot, load_key, load_snapshot
+from gateway.entra import EntraTokens
 from quotas.buffer import Flusher, MemoryBuffer, RedisBuffer
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class GatewayState:
         self.buffer: MemoryBuffer | RedisBuffer = RedisBuffer(self.redis) if self.redis else MemoryBuffer()
         self.flusher = Flusher(self.buffer)
         self.http = make_http_client()
+        # Entra ID access tokens: the tenant's signing keys and the principals of warm tokens.
+        self.entra = EntraTokens(self.http)
         self.snapshot: Snapshot | None = None
         self.snapshot_lock = asyncio.Lock()
         self.keys: dict[str, tuple[Principal | None, float]] = {}
@@ -109,10 +112,13 @@ class GatewayState:
         while True:
             await asyncio.sleep(settings.GATEWAY_CONFIG_POLL_SECONDS)
             try:
+                if self.redis is not None:
+                    await routing.health_publish(self.redis)
                 current = await self.read_generation()
                 if current != self.generation:
                     self.generation = current
                     self.keys.clear()
+                    self.entra.forget()
                     self.snapshot = await adb(load_snapshot)
             except asyncio.CancelledError:
                 raise

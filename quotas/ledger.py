@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from quotas.models import UsageEvent
+from quotas.rollups import events_insert, rollups_add
 
 # The fields of an event dict as produced by the gateway's settlement (all JSON-safe).
 EVENT_FIELDS = (
@@ -29,14 +30,21 @@ def _row(event: dict[str, Any]) -> UsageEvent:
 def events_write(*, events: list[dict[str, Any]]) -> int:
     """Insert ``events`` (duplicates by request id are ignored) and touch the keys' last use.
 
-    Alert events (soft limits crossed) become QuotaAlert rows, one per rule, subject and window.
+    Alert events (soft limits crossed) become QuotaAlert rows, one per rule, subject and window;
+    audit events (a refused key) become audit rows. The daily rollups get exactly the events that
+    were new, in the same transaction, and a key's first use is audited once.
     """
     alerts = [e for e in events if e.get("type") == "alert"]
-    events = [e for e in events if e.get("type") != "alert"]
+    audits = [e for e in events if e.get("type") == "audit"]
+    events = [e for e in events if e.get("type") not in ("alert", "audit")]
     if alerts:
         from quotas.alerts import alerts_record
 
         alerts_record(alerts=alerts)
+    if audits:
+        from portal.audit import audit_events_record
+
+        audit_events_record(events=audits)
     if not events:
         return 0
     from gateway.models import ApiKey
@@ -47,11 +55,28 @@ def events_write(*, events: list[dict[str, Any]]) -> int:
         if event.get("key_id"):
             last_use[event["key_id"]] = max(last_use.get(event["key_id"], 0.0), event["ts"])
     with transaction.atomic():
-        UsageEvent.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+        # Only the rows actually inserted (not duplicates of a re-sent batch) reach the rollups.
+        rollups_add(events=events_insert(rows=rows))
         # One UPDATE per key per batch, never per request; never moves last_used_at backwards.
+        unused = set(
+            ApiKey.objects.filter(pk__in=list(last_use), last_used_at__isnull=True).values_list(
+                "pk", flat=True
+            )
+        )
+        first_uses: dict[int, datetime] = {}
         for key_id, ts in last_use.items():
             moment = datetime.fromtimestamp(ts, tz=UTC)
+            # The conditional UPDATE decides the first use even between concurrent writers.
+            if key_id in unused and ApiKey.objects.filter(pk=key_id, last_used_at__isnull=True).update(
+                last_used_at=moment
+            ):
+                first_uses[key_id] = moment
+                continue
             ApiKey.objects.filter(pk=key_id).filter(
                 Q(last_used_at__isnull=True) | Q(last_used_at__lt=moment)
             ).update(last_used_at=moment)
+        if first_uses:
+            from portal.audit import keys_first_use
+
+            keys_first_use(uses=first_uses)
     return len(rows)

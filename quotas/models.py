@@ -205,3 +205,98 @@ class QuotaAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule} at {self.used}/{self.limit}"
+
+
+# Upper bounds (ms) of the latency histogram kept in the rollups; the last bucket is open-ended.
+LATENCY_BUCKETS_MS = (250, 500, 1000, 2000, 5000, 10000, 30000)
+
+
+class Grain(models.IntegerChoices):
+    """Which dimensions a DailyUsage row keeps (the others are 0 / "": summed over)."""
+
+    APP_MODEL = 1, "app × model"
+    USER = 2, "user"
+    KEY = 3, "key"
+    GROUP_MODEL = 4, "group × model"
+    GROUP_USER = 5, "group × user"
+    GROUP_KEY = 6, "group × key"
+    FULL = 7, "user × key × app × model"
+    GROUP_FULL = 8, "group × user × key × app × model"
+
+
+class DailyUsage(models.Model):
+    """Sums of the ledger per day (in QUOTA_TIME_ZONE) at several grains: what the dashboard reads.
+
+    Each event adds to one row of every grain (quotas/rollups.py). A coarse grain answers the
+    broad questions from few rows (top users over 90 days reads one row per user and day, not one
+    per user, key, app, model and day); the fine grains answer the narrow, filtered ones through
+    their partial indexes. Rows of the group grains exist once per group the caller was in: a
+    request of a member of two groups counts in both (``cost_usd``), and half its cost goes to
+    each in ``cost_share``, so the departments' shares add up to the total.
+
+    Dimension ids are plain integers, 0 meaning "none" or "not kept by this grain" (not foreign
+    keys, not NULL), so the unique constraint the incremental upsert relies on works on every
+    database, and deleting a user or key keeps its history.
+    """
+
+    grain = models.PositiveSmallIntegerField(choices=Grain.choices)
+    day = models.DateField()
+    group_id = models.PositiveBigIntegerField(default=0)
+    user_id = models.PositiveBigIntegerField(default=0)
+    key_id = models.PositiveBigIntegerField(default=0)
+    app_id = models.PositiveBigIntegerField(default=0)
+    model = models.CharField(max_length=128, blank=True, default="")
+    requests = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveBigIntegerField(default=0, help_text="Requests answered with a status >= 400")
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
+    cost_share = models.DecimalField(
+        max_digits=24,
+        decimal_places=10,
+        default=Decimal(0),
+        help_text="Group grains: this group's part of the cost",
+    )
+    latency_ms_sum = models.PositiveBigIntegerField(default=0)
+    latency_ms_max = models.PositiveBigIntegerField(default=0)
+    # Requests per latency bucket (LATENCY_BUCKETS_MS), for percentiles.
+    lat_0 = models.PositiveBigIntegerField(default=0)
+    lat_1 = models.PositiveBigIntegerField(default=0)
+    lat_2 = models.PositiveBigIntegerField(default=0)
+    lat_3 = models.PositiveBigIntegerField(default=0)
+    lat_4 = models.PositiveBigIntegerField(default=0)
+    lat_5 = models.PositiveBigIntegerField(default=0)
+    lat_6 = models.PositiveBigIntegerField(default=0)
+    lat_7 = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "daily usage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["grain", "day", "group_id", "user_id", "key_id", "app_id", "model"],
+                name="dailyusage_unique",
+            )
+        ]
+        # Partial indexes: each serves the filtered queries of one grain.
+        indexes = [
+            models.Index(fields=["user_id", "day"], condition=models.Q(grain=7), name="dailyusage_full_user"),
+            models.Index(fields=["key_id", "day"], condition=models.Q(grain=7), name="dailyusage_full_key"),
+            models.Index(fields=["app_id", "day"], condition=models.Q(grain=7), name="dailyusage_full_app"),
+            models.Index(fields=["model", "day"], condition=models.Q(grain=7), name="dailyusage_full_model"),
+            models.Index(
+                fields=["group_id", "day"], condition=models.Q(grain=8), name="dailyusage_gfull_group"
+            ),
+            models.Index(
+                fields=["group_id", "day"], condition=models.Q(grain=5), name="dailyusage_guser_group"
+            ),
+            models.Index(
+                fields=["user_id", "day"], condition=models.Q(grain=5), name="dailyusage_guser_user"
+            ),
+            models.Index(
+                fields=["group_id", "day"], condition=models.Q(grain=6), name="dailyusage_gkey_group"
+            ),
+            models.Index(fields=["key_id", "day"], condition=models.Q(grain=6), name="dailyusage_gkey_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} grain {self.grain}: {self.requests} requests"

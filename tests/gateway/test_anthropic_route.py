@@ -18,7 +18,10 @@ def claude(gateway: Any, alice_key: Any) -> anthropic.Anthropic:
 
 def test_messages_through_any_provider(claude: anthropic.Anthropic, fake: FakeOpenAI, ledger: Any) -> None:
     message = claude.messages.create(
-        model="gpt-4o-mini", max_tokens=100, system="Be brief.", messages=[{"role": "user", "content": "Hello Claude"}]
+        model="gpt-4o-mini",
+        max_tokens=100,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Hello Claude"}],
     )
     assert message.type == "message" and message.role == "assistant"
     assert message.content[0].type == "text" and message.content[0].text == "Echo: Hello Claude"
@@ -32,7 +35,9 @@ def test_messages_through_any_provider(claude: anthropic.Anthropic, fake: FakeOp
 
 
 def test_streaming_with_the_sdk(claude: anthropic.Anthropic, ledger: Any) -> None:
-    with claude.messages.stream(model="gpt-4o-mini", max_tokens=100, messages=[{"role": "user", "content": "Stream it"}]) as stream:
+    with claude.messages.stream(
+        model="gpt-4o-mini", max_tokens=100, messages=[{"role": "user", "content": "Stream it"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "Echo: Stream it"
@@ -43,7 +48,13 @@ def test_streaming_with_the_sdk(claude: anthropic.Anthropic, ledger: Any) -> Non
 
 
 def test_tool_use_streams_as_input_json(claude: anthropic.Anthropic) -> None:
-    tools = [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    tools = [
+        {
+            "name": "get_weather",
+            "description": "Weather",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
     with claude.messages.stream(model="gpt-4o-mini", max_tokens=100, tools=tools,
                                 messages=[{"role": "user", "content": "weather in Paris?"}]) as stream:  # fmt: skip
         final = stream.get_final_message()

@@ -184,3 +184,42 @@ def test_deployment_health_is_shown_to_admins(
     page = client.get("/admin/gateway/deployment/").content.decode()
     assert "errors (5 min)" in page.lower() or "Errors (5 min)" in page
     assert "100% of" in page  # the dead deployment's recent error rate
+
+
+def test_taking_the_primary_down_mid_test_moves_traffic_to_the_fallback(
+    sdk: openai.OpenAI, catalog: Any, fake: FakeOpenAI, settings: Any, ledger: Any
+) -> None:
+    settings.GATEWAY_CIRCUIT_FAILURES = 1
+    settings.GATEWAY_CIRCUIT_COOLDOWN = 0.5
+    primary = FakeOpenAI().start()
+    port = primary.port
+    try:
+        first = Provider(
+            name="primary", kind="openai_compatible", base_url=primary.base_url, connect_timeout_seconds=0.5
+        )
+        first.set_api_key(primary.api_key)
+        first.save()
+        Deployment.objects.filter(model=catalog["mini"]).update(
+            priority=1
+        )  # the session fake is the fallback
+        Deployment.objects.create(
+            model=catalog["mini"], provider=first, provider_model="gpt-4o-mini", priority=0
+        )
+        time.sleep(0.3)
+        for _ in range(3):
+            sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+        assert len(primary.requests) == 3 and fake.requests == []
+        primary.stop()  # the primary goes down
+        for _ in range(5):  # no client-visible error
+            assert sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices  # type: ignore[arg-type]
+        assert len(fake.requests) == 5
+        # It comes back: after the cooldown one probe finds it healthy and the circuit closes.
+        primary = FakeOpenAI(port=port).start()
+        time.sleep(0.6)
+        for _ in range(3):
+            sdk.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
+        assert len(primary.requests) == 3
+    finally:
+        primary.stop()
+    providers = [e.provider for e in ledger(11)]
+    assert providers == ["primary"] * 3 + ["local"] * 5 + ["primary"] * 3
