@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.providers.translate import SSEParser
+from gateway.providers.translate import ClientSink
 
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -132,51 +132,17 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
 
 
-class AnthropicSink:
-    """Wraps the real sink: OpenAI-shaped answers in, Messages-shaped answers out."""
+class AnthropicSink(ClientSink):
+    """OpenAI-shaped answers in, Messages-shaped answers out."""
 
     def __init__(self, inner: Any, model: str, stream: bool) -> None:
-        self.inner, self.model, self.stream = inner, model, stream
-        self.buffer = b""
-        self.status = 200
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.parser = SSEParser()
+        super().__init__(inner, model, stream)
         self.block: str | None = None
         self.index = -1
         self.tool_blocks: dict[int, int] = {}
         self.stop_reason = "end_turn"
         self.usage: dict[str, Any] = {}
         self.opened = False
-
-    @property
-    def started(self) -> bool:
-        return bool(self.inner.started)
-
-    @property
-    def finished(self) -> bool:
-        return bool(getattr(self.inner, "finished", False))
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.status = status
-        self.headers = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
-        if self.stream:
-            await self.inner.start(
-                status, [(b"content-type", b"text/event-stream; charset=utf-8"), *self.headers]
-            )
-
-    async def send(self, chunk: bytes, *, more: bool) -> None:
-        if not self.stream:
-            self.buffer += chunk
-            if not more:
-                body = orjson.dumps(message_of(orjson.loads(self.buffer), self.model))
-                await self.inner.start(self.status, [(b"content-type", b"application/json"),
-                                                     (b"content-length", str(len(body)).encode()), *self.headers])  # fmt: skip
-                await self.inner.send(body, more=False)
-            return
-        out = b""
-        for _, data in self.parser.feed(chunk):
-            out += self._translate(data)
-        await self.inner.send(out, more=more)
 
     def _open(self) -> bytes:
         if self.opened:
@@ -192,7 +158,10 @@ class AnthropicSink:
         self.block = None
         return _event("content_block_stop", {"index": self.index})
 
-    def _translate(self, data: bytes) -> bytes:
+    def whole(self, completion: dict[str, Any]) -> dict[str, Any]:
+        return message_of(completion, self.model)
+
+    def translate(self, data: bytes) -> bytes:
         if data == b"[DONE]":
             out = self._open() + self._close_block()
             usage = {"output_tokens": int(self.usage.get("completion_tokens", 0))}

@@ -7,13 +7,12 @@ GenerateContentResponse, whole or as `alt=sse` chunks.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.providers.translate import SSEParser
+from gateway.providers.translate import ClientSink
 
 FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "content_filter": "SAFETY"}
 STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -132,45 +131,16 @@ def error_body(error: GatewayError) -> bytes:
     )
 
 
-class GeminiSink:
-    """Wraps the real sink: OpenAI-shaped answers in, Gemini-shaped answers out."""
+class GeminiSink(ClientSink):
+    """OpenAI-shaped answers in, Gemini-shaped answers out (`alt=sse` chunks end in CRLF CRLF)."""
+
+    stream_content_type = b"text/event-stream"
+    json_content_type = b"application/json; charset=UTF-8"
 
     def __init__(self, inner: Any, model: str, stream: bool) -> None:
-        self.inner, self.model, self.stream = inner, model, stream
-        self.buffer = b""
-        self.status = 200
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.parser = SSEParser()
+        super().__init__(inner, model, stream)
         self.finish: str | None = None
         self.calls: dict[int, dict[str, str]] = {}
-
-    @property
-    def started(self) -> bool:
-        return bool(self.inner.started)
-
-    @property
-    def finished(self) -> bool:
-        return bool(getattr(self.inner, "finished", False))
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.status = status
-        self.headers = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
-        if self.stream:
-            await self.inner.start(status, [(b"content-type", b"text/event-stream"), *self.headers])
-
-    async def send(self, chunk: bytes, *, more: bool) -> None:
-        if not self.stream:
-            self.buffer += chunk
-            if not more:
-                body = orjson.dumps(response_of(orjson.loads(self.buffer), self.model))
-                await self.inner.start(self.status, [(b"content-type", b"application/json; charset=UTF-8"),
-                                                     (b"content-length", str(len(body)).encode()), *self.headers])  # fmt: skip
-                await self.inner.send(body, more=False)
-            return
-        out = b""
-        for _, data in self.parser.feed(chunk):
-            out += self._translate(data)
-        await self.inner.send(out, more=more)
 
     def _emit(
         self, parts: list[dict[str, Any]], usage: dict[str, Any] | None = None, finish: str | None = None
@@ -183,7 +153,10 @@ class GeminiSink:
             obj["usageMetadata"] = _usage(usage)
         return b"data: " + orjson.dumps(obj) + b"\r\n\r\n"
 
-    def _translate(self, data: bytes) -> bytes:
+    def whole(self, completion: dict[str, Any]) -> dict[str, Any]:
+        return response_of(completion, self.model)
+
+    def translate(self, data: bytes) -> bytes:
         if data == b"[DONE]":
             return b""
         try:
@@ -218,7 +191,3 @@ class GeminiSink:
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return out
-
-
-def decode_inline(data: str) -> bytes:
-    return base64.b64decode(data)

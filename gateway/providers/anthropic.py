@@ -17,6 +17,7 @@ from gateway.providers.base import Adapter, ErrorKind, UnsupportedOperation, Ups
 from gateway.providers.translate import (
     ChunkWriter,
     SSEParser,
+    append_turn,
     completion,
     function_tools,
     image_of,
@@ -59,13 +60,8 @@ def messages_body(body: dict[str, Any], call: Any) -> dict[str, Any]:
     system: list[str] = []
     messages: list[dict[str, Any]] = []
 
-    def push(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if messages and messages[-1]["role"] == role:  # Messages wants alternating roles
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
+    def push(role: str, items: list[dict[str, Any]]) -> None:
+        append_turn(messages, role, items, "content")
 
     for message in body.get("messages") or ():
         if not isinstance(message, dict):

@@ -23,6 +23,7 @@ from gateway.errors import GatewayError
 from gateway.providers.base import Adapter, ErrorKind, UnsupportedOperation, UpstreamRequest, kind_for_status
 from gateway.providers.translate import (
     ChunkWriter,
+    append_turn,
     completion,
     function_tools,
     image_of,
@@ -87,13 +88,8 @@ def converse_body(body: dict[str, Any], call: Any) -> dict[str, Any]:
     system: list[dict[str, str]] = []
     messages: list[dict[str, Any]] = []
 
-    def push(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
+    def push(role: str, items: list[dict[str, Any]]) -> None:
+        append_turn(messages, role, items, "content")
 
     for message in body.get("messages") or ():
         if not isinstance(message, dict):

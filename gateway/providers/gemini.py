@@ -20,6 +20,7 @@ from gateway.providers.base import Adapter, ErrorKind, UnsupportedOperation, Ups
 from gateway.providers.translate import (
     ChunkWriter,
     SSEParser,
+    append_turn,
     completion,
     function_tools,
     image_of,
@@ -71,13 +72,8 @@ def generate_body(body: dict[str, Any], call: Any) -> dict[str, Any]:
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool_call_id → function name (functionResponse needs the name)
 
-    def push(role: str, parts: list[dict[str, Any]]) -> None:
-        if not parts:
-            return
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+    def push(role: str, items: list[dict[str, Any]]) -> None:
+        append_turn(contents, role, items, "parts")
 
     for message in body.get("messages") or ():
         if not isinstance(message, dict):

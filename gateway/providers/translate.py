@@ -235,3 +235,68 @@ class SSEParser:
             if data:
                 events.append((name, b"\n".join(data)))
         return events
+
+
+def append_turn(
+    turns: list[dict[str, Any]], role: str, items: list[dict[str, Any]], key: str = "content"
+) -> None:
+    """Append a turn, merging it into the previous one of the same role (vendors want alternation)."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
+class ClientSink:
+    """Wraps the real sink of a vendor-compatible route: OpenAI-shaped answers in, the vendor's shapes out.
+
+    Subclasses say how a whole completion and one stream chunk look in their API.
+    """
+
+    stream_content_type = b"text/event-stream; charset=utf-8"
+    json_content_type = b"application/json"
+
+    def __init__(self, inner: Any, model: str, stream: bool) -> None:
+        self.inner, self.model, self.stream = inner, model, stream
+        self.buffer = b""
+        self.status = 200
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.parser = SSEParser()
+
+    @property
+    def started(self) -> bool:
+        return bool(self.inner.started)
+
+    @property
+    def finished(self) -> bool:
+        return bool(getattr(self.inner, "finished", False))
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.headers = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
+        if self.stream:
+            await self.inner.start(status, [(b"content-type", self.stream_content_type), *self.headers])
+
+    async def send(self, chunk: bytes, *, more: bool) -> None:
+        if not self.stream:
+            self.buffer += chunk
+            if not more:
+                body = orjson.dumps(self.whole(orjson.loads(self.buffer)))
+                await self.inner.start(self.status, [(b"content-type", self.json_content_type),
+                                                     (b"content-length", str(len(body)).encode()), *self.headers])  # fmt: skip
+                await self.inner.send(body, more=False)
+            return
+        out = b""
+        for _, data in self.parser.feed(chunk):
+            out += self.translate(data)
+        await self.inner.send(out, more=more)
+
+    def whole(self, completion: dict[str, Any]) -> dict[str, Any]:
+        """The vendor's response object for an OpenAI chat completion."""
+        raise NotImplementedError
+
+    def translate(self, data: bytes) -> bytes:
+        """The vendor's stream bytes for one OpenAI SSE data payload."""
+        raise NotImplementedError
