@@ -217,7 +217,7 @@ class GroupAdmin(DjangoGroupAdmin):
 
     @admin.display(description="from Entra ID")
     def mapped_from(self, obj: Group) -> str:
-        return ", ".join(m.value for m in obj.entra_mappings.all()) or "—"  # type: ignore[attr-defined]
+        return ", ".join(m.value for m in obj.entra_mappings.all()) or "—"
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
