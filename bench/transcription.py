@@ -6,6 +6,8 @@ reported apart), then the file is decoded and transcribed; the wall time of that
 
 - RTF = wall seconds / audio seconds (lower is faster; 0.10 = ten times faster than real time)
 - speed = audio seconds / wall second (the inverse)
+- CPU s per audio s = user + system CPU time / audio seconds (barely moved by other load on a shared
+  machine, unlike the wall time; the engines' fair comparison there)
 - peak RSS = the process's maximum resident memory (model + audio + decoding)
 
     .venv/bin/python bench/transcription.py [--quick] [--threads 2] [--engines fw-int8,ow-fp32]
@@ -71,6 +73,11 @@ def make_input(seconds: int, directory: Path) -> tuple[Path, str]:
     return path, " ".join(p[1] for p in parts)
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(engine: str, path: str, repeat: int) -> dict[str, object]:
     """Run in the child process: load once, then decode + transcribe ``path``."""
     import django
@@ -85,16 +92,18 @@ def measure(engine: str, path: str, repeat: int) -> dict[str, object]:
     load = time.perf_counter() - started
     # A worker has served jobs before: warm the lazily loaded parts (VAD model, kernels) first.
     model.transcribe(decode(path, 3600)[: 16_000 * 5], Options(language="en"))
-    walls = []
+    walls, cpus = [], []
     for _ in range(repeat):  # the best of a few: this machine is shared, noise only ever adds time
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
         audio = decode(path, 3600)
         result = model.transcribe(audio, Options(language="en"))
         walls.append(time.perf_counter() - started)
-    wall = min(walls)
+        cpus.append(_cpu_seconds() - cpu_started)
+    wall, cpu = min(walls), min(cpus)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"load_s": round(load, 2), "wall_s": round(wall, 2), "audio_s": round(result.duration, 1),
             "rtf": round(wall / result.duration, 4), "speed": round(result.duration / wall, 1),
+            "cpu_s": round(cpu, 2), "cpu_per_audio_s": round(cpu / result.duration, 4),
             "peak_rss_mb": round(peak_mb), "text": result.text}  # fmt: skip
 
 
@@ -133,13 +142,21 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     out = ROOT / "bench" / "results" / "transcription.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps({"threads": args.threads, "load_average": os.getloadavg(), "rows": rows}, indent=2)
+    )
     print(f"\nwritten to {out}\n")
-    print("| engine | input | RTF | speed (audio s / wall s) | wall | model load | peak RSS | WER |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    load = os.getloadavg()[0]
+    print(
+        f"load average at the end: {load:.2f} (on a shared machine wall times grow with it; CPU time hardly)"
+    )
+    print(
+        "| engine | input | RTF (wall / audio) | speed | CPU s per audio s | wall | model load | peak RSS | WER |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['engine']} | {r['input']} | {r['rtf']:.3f} | {r['speed']}× | {r['wall_s']} s | {r['load_s']} s "
-              f"| {r['peak_rss_mb']} MB | {r['wer']:.3f} |")  # fmt: skip
+        print(f"| {r['engine']} | {r['input']} ({r['audio_s']} s) | {r['rtf']:.3f} | {r['speed']}× | {r['cpu_per_audio_s']:.3f} "
+              f"| {r['wall_s']} s | {r['load_s']} s | {r['peak_rss_mb']} MB | {r['wer']:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -213,6 +213,9 @@ async def job_submit(
     job.media.name = str(path.relative_to(settings.MEDIA_ROOT))
     try:
         await adb(_job_create, job)
+    except GatewayError:
+        path.unlink(missing_ok=True)
+        raise
     except Exception:
         path.unlink(missing_ok=True)
         await adb(_release, job)
@@ -221,9 +224,17 @@ async def job_submit(
 
 
 def _job_create(job: TranscriptionJob) -> None:
-    with transaction.atomic():
-        job.save(force_insert=True)
-        transaction.on_commit(lambda: job_enqueue(job=job))
+    """Save the job, then queue it; if the broker refuses, undo both (no job, no reservation)."""
+    job.save(force_insert=True)
+    try:
+        job_enqueue(job=job)
+    except Exception:
+        logger.exception("could not queue transcription job %s", job.pk)
+        _release(job)
+        job.delete()
+        raise GatewayError(
+            503, "The transcription queue is unavailable; try again shortly.", code="queue_unavailable"
+        ) from None
 
 
 def job_enqueue(*, job: TranscriptionJob) -> None:

@@ -80,3 +80,21 @@ def test_a_job_whose_worker_vanished_is_requeued_then_given_up(
     assert jobs_recover() == 0
     failed = TranscriptionJob.objects.get(pk=job.pk)
     assert failed.status == JobStatus.FAILED and failed.error_code == "worker_lost"
+
+
+def test_when_the_queue_refuses_nothing_is_left_behind(
+    speaker: tuple[User, str], rule: QuotaRule, clips: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transcription import tasks
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(tasks.run_job, "apply_async", broker_down)
+    client = Client()
+    client.force_login(speaker[0])
+    with clips["wav"].open("rb") as fh:
+        response = client.post("/transcription/upload", {"file": fh})
+    assert response.status_code == 503 and "queue is unavailable" in response.json()["errors"][0]["message"]
+    assert not TranscriptionJob.objects.exists()
+    assert counter_used(speaker[0].pk) == pytest.approx(0.0)  # the reservation was given back
