@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-pytest_plugins = ["tests.support.gateway_fixtures"]
+pytest_plugins = ["tests.support.gateway_fixtures", "tests.support.browser"]
 
 
 @pytest.hookimpl(trylast=True)

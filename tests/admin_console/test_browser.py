@@ -7,9 +7,6 @@ portal landing and the dashboard go to tests/artifacts/.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -18,31 +15,12 @@ from django.contrib.auth.models import Group
 
 from portal.models import GroupMapping
 from tests.fakes.azure_ad import FakeAzureAD
+from tests.support.browser import ARTIFACTS
 from tests.support.identity import person
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SALES = "5a1e5000-0000-4000-8000-000000000001"
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is needed (Debian's chromium package; .ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are still
-    # plain synchronous code (the servers run in their own threads).
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 def sign_in_with_microsoft(browser: Any, base: str, upn: str, next_path: str = "/") -> Any:

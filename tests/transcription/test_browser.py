@@ -9,21 +9,15 @@ from typing import Any
 
 import openai
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import User
-from django.test import Client
 
 from quotas.models import UsageEvent
+from tests.support.browser import ARTIFACTS, signed_in_page
 from tests.support.live import LiveServer
 from tests.transcription.speech import REFERENCE, WER_THRESHOLD, wer
 from transcription.models import Transcript, TranscriptionJob
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 def _srt_text(srt: str) -> str:
@@ -31,41 +25,31 @@ def _srt_text(srt: str) -> str:
 
 
 def test_an_mp4_uploaded_in_the_portal_becomes_an_srt_and_the_sdk_agrees(
-    live: LiveServer, worker: Any, clips: dict[str, Path], speaker: tuple[User, str]
+    browser: Any, live: LiveServer, worker: Any, clips: dict[str, Path], speaker: tuple[User, str]
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     user, key = speaker
-    client = Client()
-    client.force_login(user)
-    session = client.cookies[settings.SESSION_COOKIE_NAME].value
-    ARTIFACTS.mkdir(exist_ok=True)
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(accept_downloads=True)
-        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live.url}])
-        page = context.new_page()
-        page.goto(f"{live.url}/transcription/")
-        # Drag and drop: a DataTransfer holding the recording, dropped on the drop zone.
-        dropped = page.evaluate_handle(
-            "([name, bytes]) => { const dt = new DataTransfer();"
-            " dt.items.add(new File([new Uint8Array(bytes)], name, {type: 'video/mp4'})); return dt; }",
-            ["speech.mp4", list(clips["mp4"].read_bytes())],
-        )
-        page.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
-        expect(page.locator("#upload-status")).to_contain_text("speech.mp4: queued", timeout=30_000)
-        row = page.locator("#job-list tr[data-status=completed]")
-        expect(row).to_have_count(1, timeout=90_000)  # the list polls while the job runs
-        page.screenshot(path=str(ARTIFACTS / "transcription-list.png"), full_page=True)
-        row.get_by_role("link", name="speech.mp4").click()
-        expect(page.locator(".tr-segments")).to_contain_text("quarterly report", timeout=10_000)
-        page.screenshot(path=str(ARTIFACTS / "transcription.png"), full_page=True)
-        with page.expect_download() as download:
-            page.get_by_role("link", name="Download .srt").click()
-        srt = Path(download.value.path()).read_text()
-        assert download.value.suggested_filename == "speech.srt"
-        browser.close()
+    page = signed_in_page(browser, live.url, user, accept_downloads=True)
+    page.goto(f"{live.url}/transcription/")
+    # Drag and drop: a DataTransfer holding the recording, dropped on the drop zone.
+    dropped = page.evaluate_handle(
+        "([name, bytes]) => { const dt = new DataTransfer();"
+        " dt.items.add(new File([new Uint8Array(bytes)], name, {type: 'video/mp4'})); return dt; }",
+        ["speech.mp4", list(clips["mp4"].read_bytes())],
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
+    expect(page.locator("#upload-status")).to_contain_text("speech.mp4: queued", timeout=30_000)
+    row = page.locator("#job-list tr[data-status=completed]")
+    expect(row).to_have_count(1, timeout=90_000)  # the list polls while the job runs
+    page.screenshot(path=str(ARTIFACTS / "transcription-list.png"), full_page=True)
+    row.get_by_role("link", name="speech.mp4").click()
+    expect(page.locator(".tr-segments")).to_contain_text("quarterly report", timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "transcription.png"), full_page=True)
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download .srt").click()
+    srt = Path(download.value.path()).read_text()
+    assert download.value.suggested_filename == "speech.srt"
 
     assert srt.startswith("1\n00:00:0") and wer(REFERENCE, _srt_text(srt)) <= WER_THRESHOLD, srt
     portal_job = TranscriptionJob.objects.get()
