@@ -1,5 +1,8 @@
 """Amazon Bedrock: Converse / ConverseStream, signed with SigV4 by botocore.
 
+Embeddings go through InvokeModel with the model family's own body: Amazon Titan Text Embeddings
+(`amazon.titan-embed-text-*`, one text per call) and Cohere Embed (`cohere.embed-*`, up to 96).
+
 The provider's credential is the AWS secret access key; `options.access_key_id` (and optionally
 `options.session_token`) complete it. The base URL defaults to bedrock-runtime in the region.
 ConverseStream answers in AWS's binary event-stream framing, decoded by botocore.
@@ -8,6 +11,7 @@ ConverseStream answers in AWS's binary event-stream framing, decoded by botocore
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +22,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
 
+from gateway import tokens
 from gateway.catalog import DeploymentInfo
 from gateway.errors import GatewayError
 from gateway.providers.base import Adapter, ErrorKind, UnsupportedOperation, UpstreamRequest, kind_for_status
@@ -25,6 +30,8 @@ from gateway.providers.translate import (
     ChunkWriter,
     append_turn,
     completion,
+    embedding_inputs,
+    embedding_list,
     function_tools,
     image_of,
     loads_arguments,
@@ -38,6 +45,9 @@ from gateway.sse import Usage
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                 "guardrail_intervened": "content_filter", "content_filtered": "content_filter"}  # fmt: skip
+_PROFILE = re.compile(r"^(?:us|eu|apac|us-gov|global|jp|au|ca)\.")
+COHERE_MAX_TEXTS = 96
+TITAN_DIMENSIONS = (256, 512, 1024)
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 
 
@@ -55,6 +65,40 @@ def signed_request(deployment: DeploymentInfo, path: str, body: bytes) -> Upstre
                          headers={"content-type": "application/json", "accept": "application/json"})  # fmt: skip
     SigV4Auth(credentials, "bedrock", region).add_auth(request)
     return UpstreamRequest("POST", url, {k.lower(): v for k, v in request.headers.items()}, body)
+
+
+def model_family(model_id: str) -> str:
+    """`cohere` for `cohere.embed-v4:0`, its ARN or a cross-region profile such as `us.cohere...`."""
+    base = _PROFILE.sub("", model_id.rsplit("/", 1)[-1])
+    return base.split(".", 1)[0]
+
+
+def embedding_body(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """InvokeModel's body for an embedding model, by family (the part of the id before the dot)."""
+    texts = embedding_inputs(body)
+    dimensions = body.get("dimensions")
+    if model_family(model_id) == "cohere":
+        if len(texts) > COHERE_MAX_TEXTS:
+            raise GatewayError(400, f"This model embeds at most {COHERE_MAX_TEXTS} inputs per request.",
+                               code="invalid_value", param="input")  # fmt: skip
+        # OpenAI's embeddings have no input type; documents are the common case (indexing).
+        return {"texts": texts, "input_type": "search_document", "truncate": "END"}
+    if len(texts) != 1:
+        raise GatewayError(400, "Amazon Titan embeds one input per request: send `input` as a single string.",
+                           code="invalid_value", param="input")  # fmt: skip
+    payload: dict[str, Any] = {"inputText": texts[0]}
+    if "embed-text-v2" in model_id:
+        if dimensions is not None and dimensions not in TITAN_DIMENSIONS:
+            raise GatewayError(400, f"`dimensions` must be one of {', '.join(map(str, TITAN_DIMENSIONS))} for this model.",
+                               code="invalid_value", param="dimensions")  # fmt: skip
+        payload["normalize"] = True
+        if dimensions is not None:
+            payload["dimensions"] = dimensions
+    elif dimensions is not None:
+        raise GatewayError(
+            400, "This model does not take `dimensions`.", code="invalid_value", param="dimensions"
+        )
+    return payload
 
 
 def _content(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -243,12 +287,17 @@ class InvokeStreamDecoder(EventStreamDecoder):
 class BedrockAdapter(Adapter):
     """Converse (`/model/{id}/converse`) and ConverseStream (`/model/{id}/converse-stream`)."""
 
-    endpoints = frozenset({"chat/completions"})
+    endpoints = frozenset({"chat/completions", "embeddings"})
     passthrough = False
 
     def build(
         self, endpoint: str, deployment: DeploymentInfo, body: dict[str, Any], call: Any = None
     ) -> UpstreamRequest:
+        if endpoint == "embeddings":
+            return signed_request(
+                deployment, f"/model/{quote(deployment.provider_model, safe=':')}/invoke",
+                orjson.dumps(embedding_body(deployment.provider_model, body)),
+            )  # fmt: skip
         if endpoint not in self.endpoints:
             raise UnsupportedOperation(endpoint)
         payload = converse_body(body, call)
@@ -259,6 +308,8 @@ class BedrockAdapter(Adapter):
 
     def decode(self, endpoint: str, deployment: DeploymentInfo, raw: bytes, call: Any) -> tuple[bytes, Any]:
         answer = orjson.loads(raw)
+        if endpoint == "embeddings":
+            return self._embeddings(deployment, answer, call)
         message = ((answer.get("output") or {}).get("message")) or {}
         texts, calls = [], []
         for block in message.get("content") or ():
@@ -271,6 +322,19 @@ class BedrockAdapter(Adapter):
         result = completion(model=deployment.provider_model, text="".join(texts) if texts or not calls else None,
                             tool_calls=calls, finish=STOP_REASONS.get(str(answer.get("stopReason")), "stop"),
                             usage=usage_of(answer.get("usage")))  # fmt: skip
+        return orjson.dumps(result), result
+
+    @staticmethod
+    def _embeddings(deployment: DeploymentInfo, answer: Any, call: Any) -> tuple[bytes, Any]:
+        body = call.body if call is not None else {}
+        if "embedding" in answer:  # Titan: one vector, and the service's own token count
+            vectors = [answer.get("embedding") or []]
+            prompt = int(answer.get("inputTextTokenCount") or 0)
+        else:  # Cohere: a vector per text; the token count travels in headers only, so estimate it
+            embeddings = answer.get("embeddings")
+            vectors = embeddings.get("float") or [] if isinstance(embeddings, dict) else embeddings or []
+            prompt = tokens.count_prompt("embeddings", body)
+        result = embedding_list(vectors, model=deployment.provider_model, prompt_tokens=prompt, body=body)
         return orjson.dumps(result), result
 
     def stream_decoder(self, endpoint: str, deployment: DeploymentInfo, call: Any, strip_usage: bool) -> Any:

@@ -6,7 +6,6 @@ Chat via generateContent / streamGenerateContent?alt=sse, embeddings via batchEm
 from __future__ import annotations
 
 import base64
-import struct
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +21,8 @@ from gateway.providers.translate import (
     SSEParser,
     append_turn,
     completion,
+    embedding_inputs,
+    embedding_list,
     function_tools,
     image_of,
     loads_arguments,
@@ -222,15 +223,10 @@ class GeminiAdapter(Adapter):
                 url += "?alt=sse"
             return UpstreamRequest("POST", url, headers, orjson.dumps(generate_body(body, call)))
         if endpoint == "embeddings":
-            inputs = body.get("input")
-            texts = [inputs] if isinstance(inputs, str) else [t for t in inputs or () if isinstance(t, str)]
-            if not texts:
-                raise GatewayError(
-                    400,
-                    "`input` must be a string or an array of strings for this model.",
-                    code="invalid_value",
-                    param="input",
-                )
+            if deployment.provider.options.get("vertex"):
+                # Vertex AI embeds through `:predict` with its own body, which is not implemented.
+                raise UnsupportedOperation(endpoint)
+            texts = embedding_inputs(body)
             name = f"models/{deployment.provider_model}"
             requests = [{"model": name, "content": {"parts": [{"text": t}]}} for t in texts]
             if isinstance(body.get("dimensions"), int):
@@ -243,19 +239,10 @@ class GeminiAdapter(Adapter):
     def decode(self, endpoint: str, deployment: DeploymentInfo, raw: bytes, call: Any) -> tuple[bytes, Any]:
         answer = orjson.loads(raw)
         if endpoint == "embeddings":
-            as_base64 = call is not None and call.body.get("encoding_format") == "base64"
-            data = []
-            for i, item in enumerate(answer.get("embeddings") or ()):
-                values = [float(v) for v in item.get("values") or ()]
-                vector: Any = (
-                    base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
-                    if as_base64
-                    else values
-                )
-                data.append({"object": "embedding", "index": i, "embedding": vector})
+            vectors = [item.get("values") or [] for item in answer.get("embeddings") or ()]
             prompt = tokens.count_prompt("embeddings", call.body) if call is not None else 0
-            result = {"object": "list", "data": data, "model": deployment.provider_model,
-                      "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}  # fmt: skip
+            result = embedding_list(vectors, model=deployment.provider_model, prompt_tokens=prompt,
+                                    body=call.body if call is not None else {})  # fmt: skip
             return orjson.dumps(result), result
         candidate = (answer.get("candidates") or [{}])[0]
         parts = (candidate.get("content") or {}).get("parts") or []

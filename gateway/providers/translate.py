@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+import struct
 import time
 import uuid
 from typing import Any
@@ -121,6 +122,30 @@ def completion(*, model: str, text: str | None, tool_calls: list[dict[str, Any]]
         "usage": usage_dict(usage),
         "system_fingerprint": None,
     }
+
+
+def embedding_inputs(body: dict[str, Any]) -> list[str]:
+    """The texts of an OpenAI embeddings body, for vendors that take text only (not token arrays)."""
+    inputs = body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else [t for t in inputs or () if isinstance(t, str)]
+    if not texts or (isinstance(inputs, list) and len(texts) != len(inputs)):
+        raise GatewayError(400, "`input` must be a string or an array of strings for this model.",
+                           code="invalid_value", param="input")  # fmt: skip
+    return texts
+
+
+def embedding_list(vectors: list[list[float]], *, model: str, prompt_tokens: int, body: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """OpenAI's embeddings answer for ``vectors`` (base64 little-endian float32 when asked)."""
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for i, values in enumerate(vectors):
+        floats = [float(v) for v in values]
+        vector: Any = (
+            base64.b64encode(struct.pack(f"<{len(floats)}f", *floats)).decode() if as_base64 else floats
+        )
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}  # fmt: skip
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:

@@ -21,6 +21,16 @@ Anthropic Messages format with ``anthropic_version: "bedrock-2023-05-31"`` and n
 (or ``2026-10-21``, which the installed anthropic SDK's ``AnthropicBedrock`` sends); ``model`` or
 ``stream`` in the body are rejected as ``extraneous key`` ValidationExceptions.
 
+``/invoke`` also serves the embedding models: Amazon Titan Text Embeddings (``amazon.titan-embed-
+text-v2:0``: ``{"inputText", "dimensions" (256/512/1024), "normalize", "embeddingTypes"}`` ->
+``{"embedding", "embeddingsByType", "inputTextTokenCount"}``; ``-v1``: ``inputText`` only) and
+Cohere Embed (``cohere.embed-english-v3`` / ``-multilingual-v3``: ``{"texts" (at most 96),
+"input_type" (required), "truncate", "embedding_types"}`` -> ``{"embeddings", "id",
+"response_type": "embeddings_floats", "texts"}``, or ``embeddings`` keyed by type and
+``"embeddings_by_type"`` when ``embedding_types`` is given). Vectors are the Gemini fake's
+deterministic unit vectors (:func:`tests.fakes.gemini_upstream.embedding_for`); the token count is
+the number of words. Streaming an embedding model is a ValidationException.
+
 Authentication
 --------------
 Every request must carry a valid AWS Signature Version 4 for service ``bedrock`` and the
@@ -139,6 +149,7 @@ from tests.fakes.anthropic_upstream import (
     plan_text,
     rand_chars,
 )
+from tests.fakes.gemini_upstream import embedding_for
 
 __all__ = [
     "DEFAULT_ACCESS_KEY",
@@ -182,6 +193,10 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "meta.llama3-8b-instruct-v1:0",
         "meta.llama3-1-70b-instruct-v1:0",
         "mistral.mistral-large-2402-v1:0",
+        "amazon.titan-embed-text-v1",
+        "amazon.titan-embed-text-v2:0",
+        "cohere.embed-english-v3",
+        "cohere.embed-multilingual-v3",
     }
 )
 
@@ -723,6 +738,10 @@ class FakeBedrockApp(FakeUpstreamApp):
     def _invoke(
         self, ctx: Ctx, behaviour: Behaviour, model_id: str, started: float, *, stream: bool
     ) -> Reply:
+        if "embed" in model_id and _family(model_id) in ("amazon", "cohere"):
+            if stream:
+                raise _validation("The model is unsupported for streaming.")
+            return self._embed(ctx, behaviour, model_id, started)
         if _family(model_id) != "anthropic":
             raise _validation(
                 f"The fake upstream only implements InvokeModel for Anthropic Claude models (got {model_id})."
@@ -791,6 +810,57 @@ class FakeBedrockApp(FakeUpstreamApp):
             headers=[("X-Amzn-Bedrock-Content-Type", "application/json")],
             stream_error=_exception(behaviour.error_mid_stream_type or "throttlingException"),
         )
+
+    # ---- InvokeModel (embedding models) -------------------------------------------------------
+
+    def _embed(self, ctx: Ctx, behaviour: Behaviour, model_id: str, started: float) -> Reply:
+        body = ctx.body
+        if not isinstance(body, dict):
+            raise _validation(
+                "Malformed input request: #: expected type: JSONObject, please reformat your input and try again."
+            )
+        allowed, required = (
+            ({"texts", "input_type", "truncate", "embedding_types", "images"}, ("texts", "input_type"))
+            if _family(model_id) == "cohere"
+            else ({"inputText", "dimensions", "normalize", "embeddingTypes"}, ("inputText",))
+            if "v2" in model_id
+            else ({"inputText"}, ("inputText",))
+        )
+        violations = [f"#: required key [{k}] not found" for k in required if k not in body]
+        violations += [f"#: extraneous key [{k}] is not permitted" for k in body if k not in allowed]
+        if body.get("dimensions", 1024) not in (256, 512, 1024):
+            violations.append(f"#/dimensions: {body['dimensions']} is not a valid enum value")
+        texts = body.get("texts")
+        if "texts" in body and (not isinstance(texts, list) or not all(isinstance(t, str) for t in texts)):
+            violations.append("#/texts: expected type: JSONArray of String")
+        elif isinstance(texts, list) and len(texts) > 96:
+            violations.append(f"#/texts: expected maximum item count: 96, found: {len(texts)}")
+        if "inputText" in body and not isinstance(body["inputText"], str):
+            violations.append("#/inputText: expected type: String")
+        if violations:
+            raise _validation(
+                f"Malformed input request: {', '.join(violations)}, please reformat your input and try again."
+            )
+        if _family(model_id) == "cohere":
+            vectors = [embedding_for(t, 1024) for t in texts or ()]
+            words = sum(count_words(t) for t in texts or ())
+            types = body.get("embedding_types")
+            doc: Json = {"id": str(uuid.uuid4()), "texts": texts}
+            if types:
+                doc |= {"embeddings": dict.fromkeys(types, vectors), "response_type": "embeddings_by_type"}
+            else:
+                doc |= {"embeddings": vectors, "response_type": "embeddings_floats"}
+        else:
+            vector = embedding_for(
+                body["inputText"], int(body.get("dimensions", 1024 if "v2" in model_id else 1536))
+            )
+            words = count_words(body["inputText"])
+            doc = {"embedding": vector, "inputTextTokenCount": words}
+            if "v2" in model_id:
+                doc["embeddingsByType"] = {"float": vector}
+        headers = [] if behaviour.omit_usage else self._token_headers(words, 0, 0, 0)[:1]
+        headers.append(("X-Amzn-Bedrock-Invocation-Latency", str(self._latency(started, behaviour))))
+        return Reply(200, body=_json(doc), headers=headers)
 
     @staticmethod
     def _token_headers(

@@ -1395,3 +1395,38 @@ def test_bedrock_omit_usage_and_drop(bfake: FakeBedrock, bclient: Any) -> None:
     bfake.behaviour(omit_usage=False, drop_mid_stream=2)
     with pytest.raises(Exception):  # noqa: B017 - urllib3/botocore report the cut as they see fit
         list(bclient.converse_stream(modelId=BEDROCK_CLAUDE, messages=_user_msg("a b c d"))["stream"])
+
+
+@needs_aws
+def test_bedrock_titan_and_cohere_embeddings_through_boto3(bclient: Any) -> None:
+    titan = bclient.invoke_model(
+        modelId="amazon.titan-embed-text-v2:0",
+        body=json.dumps({"inputText": "hello there", "dimensions": 512}),
+    )
+    doc = json.loads(titan["body"].read())
+    assert set(doc) == {"embedding", "embeddingsByType", "inputTextTokenCount"}
+    assert len(doc["embedding"]) == 512 and doc["embeddingsByType"]["float"] == doc["embedding"]
+    assert doc["inputTextTokenCount"] == 2
+    assert titan["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"] == "2"
+    cohere = bclient.invoke_model(
+        modelId="cohere.embed-english-v3",
+        body=json.dumps({"texts": ["a b", "c"], "input_type": "search_query"}),
+    )
+    doc = json.loads(cohere["body"].read())
+    assert doc["response_type"] == "embeddings_floats" and len(doc["embeddings"]) == 2
+    assert len(doc["embeddings"][0]) == 1024 and doc["texts"] == ["a b", "c"]
+    by_type = bclient.invoke_model(
+        modelId="cohere.embed-english-v3",
+        body=json.dumps({"texts": ["a"], "input_type": "search_query", "embedding_types": ["float"]}),
+    )
+    assert json.loads(by_type["body"].read())["response_type"] == "embeddings_by_type"
+    for model_id, body in [
+        ("amazon.titan-embed-text-v2:0", {"inputText": "x", "dimensions": 100}),
+        ("amazon.titan-embed-text-v1", {"inputText": "x", "dimensions": 256}),
+        ("cohere.embed-english-v3", {"texts": ["x"]}),
+        ("cohere.embed-english-v3", {"texts": ["x"] * 97, "input_type": "search_query"}),
+    ]:
+        with pytest.raises(botocore.exceptions.ClientError) as raised:
+            bclient.invoke_model(modelId=model_id, body=json.dumps(body))
+        assert raised.value.response["Error"]["Code"] == "ValidationException"
+        assert raised.value.response["Error"]["Message"].startswith("Malformed input request: #")

@@ -54,6 +54,12 @@ def vendor_catalog(catalog: Any, vendors: dict[str, Any]) -> dict[str, Any]:
         Deployment.objects.create(model=model, provider=provider, provider_model=target)
     emb = CatalogModel.objects.create(name="gemini-embedding", kind="embedding")
     Deployment.objects.create(model=emb, provider=gemini, provider_model="text-embedding-004")
+    for name, target in [
+        ("titan-embed", "amazon.titan-embed-text-v2:0"),
+        ("cohere-embed", "cohere.embed-english-v3"),
+    ]:
+        emb = CatalogModel.objects.create(name=name, kind="embedding", input_per_mtok=Decimal("1"))
+        Deployment.objects.create(model=emb, provider=bedrock, provider_model=target)
     return vendors
 
 
@@ -137,6 +143,83 @@ def test_max_tokens_and_stop_sequences_are_mapped(sdk: openai.OpenAI, vendor_cat
 def test_gemini_embeddings(sdk: openai.OpenAI, vendor_catalog: Any) -> None:
     result = sdk.embeddings.create(model="gemini-embedding", input=["a", "b"])  # the SDK asks base64
     assert len(result.data) == 2 and len(result.data[0].embedding) > 0
+
+
+def test_bedrock_titan_embeddings(sdk: openai.OpenAI, vendor_catalog: Any, ledger: Any) -> None:
+    bedrock = vendor_catalog["bedrock"]
+    result = sdk.embeddings.create(model="titan-embed", input="the quarterly report", dimensions=256)
+    assert len(result.data) == 1 and len(result.data[0].embedding) == 256
+    assert abs(sum(v * v for v in result.data[0].embedding) - 1) < 1e-3  # the fake's unit vector, intact
+    sent = bedrock.requests[-1]
+    assert sent.path == "/model/amazon.titan-embed-text-v2:0/invoke"
+    assert sent.body == {"inputText": "the quarterly report", "dimensions": 256, "normalize": True}
+    assert sent.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=")  # SigV4-signed
+    assert result.usage.prompt_tokens == 3  # Titan's own inputTextTokenCount, not an estimate
+    (event,) = ledger(1, model="titan-embed")
+    assert event.prompt_tokens == 3 and not event.tokens_estimated and event.cost_usd > 0
+
+
+def test_bedrock_cohere_embeddings_take_a_batch(sdk: openai.OpenAI, vendor_catalog: Any) -> None:
+    bedrock = vendor_catalog["bedrock"]
+    result = sdk.embeddings.create(model="cohere-embed", input=["first text", "second text", "third"])
+    assert [d.index for d in result.data] == [0, 1, 2] and len(result.data[2].embedding) == 1024
+    assert result.data[0].embedding != result.data[1].embedding
+    sent = bedrock.requests[-1]
+    assert sent.path == "/model/cohere.embed-english-v3/invoke"
+    assert sent.body == {"texts": ["first text", "second text", "third"], "input_type": "search_document",
+                         "truncate": "END"}  # fmt: skip
+
+
+def test_bedrock_embedding_inputs_it_cannot_take_are_a_400_before_any_call(
+    sdk: openai.OpenAI, vendor_catalog: Any
+) -> None:
+    bedrock = vendor_catalog["bedrock"]
+    with pytest.raises(openai.BadRequestError) as titan_batch:
+        sdk.embeddings.create(model="titan-embed", input=["one", "two"])
+    assert titan_batch.value.body["param"] == "input" and "one input" in titan_batch.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as dims:
+        sdk.embeddings.create(model="titan-embed", input="x", dimensions=100)
+    assert dims.value.body["param"] == "dimensions"
+    with pytest.raises(openai.BadRequestError) as too_many:
+        sdk.embeddings.create(model="cohere-embed", input=[f"t{i}" for i in range(97)])
+    assert "96" in too_many.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as tokens:
+        sdk.embeddings.create(model="cohere-embed", input=[[1, 2, 3]])
+    assert tokens.value.body["param"] == "input"
+    assert bedrock.requests == []
+
+
+def test_gemini_on_vertex_ai_uses_the_project_path_and_a_bearer_token(
+    sdk: openai.OpenAI, vendor_catalog: Any
+) -> None:
+    with FakeGemini(project="acme-prod", location="europe-west4") as vertex_fake:
+        vertex = Provider(name="vertex", kind="gemini", base_url=vertex_fake.url, region="europe-west4",
+                          options={"vertex": True, "project": "acme-prod", "location": "europe-west4"})  # fmt: skip
+        vertex.set_api_key(vertex_fake.access_token)
+        vertex.save()
+        model = CatalogModel.objects.create(name="gemini-vertex", input_per_mtok=Decimal("1"))
+        Deployment.objects.create(model=model, provider=vertex, provider_model="gemini-2.5-flash")
+        emb = CatalogModel.objects.create(name="vertex-embedding", kind="embedding")
+        Deployment.objects.create(model=emb, provider=vertex, provider_model="text-embedding-004")
+        answer = sdk.chat.completions.create(
+            model="gemini-vertex", messages=[{"role": "user", "content": "hi there"}]
+        )
+        chunks = list(
+            sdk.chat.completions.create(
+                model="gemini-vertex", messages=[{"role": "user", "content": "hi again"}], stream=True
+            )  # fmt: skip
+        )
+        with pytest.raises(openai.BadRequestError) as embeddings:
+            sdk.embeddings.create(model="vertex-embedding", input="x")
+        sent = vertex_fake.requests
+    assert answer.choices[0].message.content == "Echo: hi there"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: hi again"
+    base = "/v1/projects/acme-prod/locations/europe-west4/publishers/google/models/gemini-2.5-flash"
+    assert [r.path for r in sent] == [f"{base}:generateContent", f"{base}:streamGenerateContent"]
+    assert sent[1].query == {"alt": "sse"}
+    assert sent[0].headers["authorization"] == f"Bearer {vertex_fake.access_token}"
+    assert "x-goog-api-key" not in sent[0].headers
+    assert embeddings.value.body["code"] == "unsupported_endpoint"  # Vertex embeds via :predict, not built
 
 
 @pytest.mark.parametrize("model", MODELS)
