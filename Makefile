@@ -48,7 +48,7 @@ typecheck: $(VENV)/.stamp-dev ## mypy with django-stubs
 
 lock: ## Re-pin constraints.txt from a fresh venv with every extra
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
-	/tmp/lock-venv/bin/pip install -q -e '.[dev]'
+	/tmp/lock-venv/bin/pip install -q -e '.[dev,whisper]'
 	/tmp/lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
 
 clean: ## Remove the venv and local data

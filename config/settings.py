@@ -146,6 +146,16 @@ CELERY_TASK_SOFT_TIME_LIMIT = envint("CELERY_TASK_SOFT_TIME_LIMIT", 3300)
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# The maintenance beat (`celery -A config beat`, or `worker -B` in `manage.py serve`). Each task is
+# idempotent and safe on several workers at once (the usage drain holds a Redis lock).
+CELERY_BEAT_SCHEDULE = {
+    "usage-drain": {"task": "quotas.usage_drain", "schedule": 60.0, "options": {"queue": "maintenance"}},
+    "keys-expired": {"task": "portal.audit_expired_keys", "schedule": 300.0, "options": {"queue": "maintenance"}},
+    "transcription-retention": {
+        "task": "transcription.purge_expired", "schedule": 3600.0, "options": {"queue": "maintenance"},
+    },
+}  # fmt: skip
+CELERY_BEAT_SCHEDULE_FILENAME = (DATA_DIR / "celery" / "beat-schedule").as_posix()
 
 # --- Auth ------------------------------------------------------------------------------------------
 # The password backend stays in every LOCAL_LOGIN mode: it answers everyone's permission checks.

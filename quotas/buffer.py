@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
 from typing import Any
@@ -107,7 +108,10 @@ class Flusher:
 
     def start(self) -> None:
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
+            # A fresh context, for the same reason as the gateway's config poller.
+            self.task = asyncio.get_running_loop().create_task(
+                self._run(), name="usage-flusher", context=contextvars.Context()
+            )
 
     async def _run(self) -> None:
         while not self.stopping:
@@ -128,3 +132,19 @@ class Flusher:
                 await asyncio.wait_for(self.task, 30)
             self.task = None
         await self.buffer.flush()
+
+
+def drain_once() -> int:
+    """One full drain of the Redis buffer from synchronous code (the maintenance task); 0 without Redis."""
+    if not settings.REDIS_URL:
+        return 0
+    import redis.asyncio as aioredis
+
+    async def run() -> int:
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        try:
+            return await RedisBuffer(client).flush()
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())

@@ -27,6 +27,27 @@ def _row(event: dict[str, Any]) -> UsageEvent:
     return UsageEvent(created_at=datetime.fromtimestamp(event["ts"], tz=UTC), **values)
 
 
+def _without_dangling_references(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` with references to rows deleted meanwhile (a key, user or app) set to None.
+
+    Events wait in the buffer for up to a flush interval; an admin may delete their key or user
+    in that time. One such event must not fail its whole batch (and every batch after it, since
+    a failed batch stays in the buffer): the usage is kept, as SET_NULL keeps older rows.
+    One query per referenced table and batch.
+    """
+    for field in UsageEvent._meta.concrete_fields:
+        if not field.is_relation or field.attname not in EVENT_FIELDS:
+            continue
+        ids = {e[field.attname] for e in events if e.get(field.attname) is not None}
+        if not ids:
+            continue
+        related = field.related_model._default_manager  # type: ignore[union-attr]
+        missing = ids - set(related.filter(pk__in=ids).values_list("pk", flat=True))
+        if missing:
+            events = [{**e, field.attname: None} if e.get(field.attname) in missing else e for e in events]
+    return events
+
+
 def events_write(*, events: list[dict[str, Any]]) -> int:
     """Insert ``events`` (duplicates by request id are ignored) and touch the keys' last use.
 
@@ -49,6 +70,7 @@ def events_write(*, events: list[dict[str, Any]]) -> int:
         return 0
     from gateway.models import ApiKey
 
+    events = _without_dangling_references(events)
     rows = [_row(event) for event in events]
     last_use: dict[int, float] = {}
     for event in events:

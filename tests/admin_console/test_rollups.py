@@ -56,6 +56,24 @@ def test_a_batch_is_rolled_up_and_a_resent_batch_counts_nothing(alice: User) -> 
     assert not DailyUsage.objects.filter(grain__in=[Grain.GROUP_MODEL, Grain.GROUP_FULL]).exists()
 
 
+def test_an_event_whose_key_or_user_was_deleted_meanwhile_is_kept_and_does_not_fail_its_batch(
+    alice: User, bob: User
+) -> None:
+    now = datetime.now(tz=UTC).timestamp()
+    key, _ = key_issue(name="short-lived", user=bob)
+    batch = [
+        event(1, ts=now, user=alice.pk),
+        event(2, ts=now, user=bob.pk, key=key.pk),
+        event(3, ts=now, user=alice.pk),
+    ]
+    key.delete()
+    bob.delete()  # both between the request and the flush
+    assert events_write(events=batch) == 3
+    orphan = UsageEvent.objects.get(request_id="req_2")
+    assert orphan.key_id is None and orphan.user_id is None and orphan.prompt_tokens == 10
+    assert UsageEvent.objects.filter(user=alice).count() == 2
+
+
 def test_a_member_of_two_groups_counts_in_both_and_is_charged_half_to_each(alice: User) -> None:
     a, b = Group.objects.create(name="a"), Group.objects.create(name="b")
     events_write(

@@ -52,7 +52,9 @@ class Command(BaseCommand):
         children: list[subprocess.Popen[bytes]] = []
         if settings.SERVE_WITH_WORKER and not opts["no_worker"]:
             worker = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
-                      "--concurrency", "1", "-Q", "celery,transcription,maintenance"]  # fmt: skip
+                      "--concurrency", "1", "-Q", "celery,transcription,maintenance",
+                      # The maintenance beat, embedded: fine for one host (see the production guide).
+                      "--beat", "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME]  # fmt: skip
             children.append(subprocess.Popen(worker, env=env))
         cmd = server_command(opts["server"], opts["host"], opts["port"], opts["workers"])
         children.append(subprocess.Popen(cmd, env=env))
