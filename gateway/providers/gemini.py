@@ -1,6 +1,7 @@
 """Google Gemini: the Generative Language API, or Vertex AI's endpoint style (`options.vertex`).
 
-Chat via generateContent / streamGenerateContent?alt=sse, embeddings via batchEmbedContents.
+Chat via generateContent / streamGenerateContent?alt=sse, embeddings via batchEmbedContents
+(Vertex AI: predict).
 """
 
 from __future__ import annotations
@@ -223,10 +224,13 @@ class GeminiAdapter(Adapter):
                 url += "?alt=sse"
             return UpstreamRequest("POST", url, headers, orjson.dumps(generate_body(body, call)))
         if endpoint == "embeddings":
-            if deployment.provider.options.get("vertex"):
-                # Vertex AI embeds through `:predict` with its own body, which is not implemented.
-                raise UnsupportedOperation(endpoint)
             texts = embedding_inputs(body)
+            if deployment.provider.options.get("vertex"):  # Vertex AI's text embeddings: `:predict`
+                payload: dict[str, Any] = {"instances": [{"content": t} for t in texts]}
+                if isinstance(body.get("dimensions"), int):
+                    payload["parameters"] = {"outputDimensionality": body["dimensions"]}
+                url, headers = self._url(deployment, "predict")
+                return UpstreamRequest("POST", url, headers, orjson.dumps(payload))
             name = f"models/{deployment.provider_model}"
             requests = [{"model": name, "content": {"parts": [{"text": t}]}} for t in texts]
             if isinstance(body.get("dimensions"), int):
@@ -239,8 +243,13 @@ class GeminiAdapter(Adapter):
     def decode(self, endpoint: str, deployment: DeploymentInfo, raw: bytes, call: Any) -> tuple[bytes, Any]:
         answer = orjson.loads(raw)
         if endpoint == "embeddings":
-            vectors = [item.get("values") or [] for item in answer.get("embeddings") or ()]
-            prompt = tokens.count_prompt("embeddings", call.body) if call is not None else 0
+            if "predictions" in answer:  # Vertex AI, with the service's own token counts
+                found = [(p.get("embeddings") or {}) for p in answer.get("predictions") or ()]
+                vectors = [e.get("values") or [] for e in found]
+                prompt = sum(int((e.get("statistics") or {}).get("token_count") or 0) for e in found)
+            else:
+                vectors = [item.get("values") or [] for item in answer.get("embeddings") or ()]
+                prompt = tokens.count_prompt("embeddings", call.body) if call is not None else 0
             result = embedding_list(vectors, model=deployment.provider_model, prompt_tokens=prompt,
                                     body=call.body if call is not None else {})  # fmt: skip
             return orjson.dumps(result), result

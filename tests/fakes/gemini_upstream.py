@@ -18,7 +18,9 @@ Gemini Developer API, under ``/v1beta`` and ``/v1`` (the SDK defaults to ``v1``)
 
 Vertex AI, under ``/v1`` and ``/v1beta1`` (the SDK's Vertex default), ``Authorization: Bearer
 <access_token>``: ``POST projects/{project}/locations/{location}/publishers/google/models/{model}:
-generateContent`` / ``:streamGenerateContent`` / ``:countTokens``. ``project`` / ``location`` given
+generateContent`` / ``:streamGenerateContent`` / ``:countTokens``, and ``:predict`` for the
+embedding models (``instances[].content``, ``parameters.outputDimensionality`` -> ``predictions[].
+embeddings.{values, statistics.token_count}``). ``project`` / ``location`` given
 to the constructor are enforced (403 as Vertex answers), otherwise any are accepted.
 
 Wire details reproduced
@@ -623,6 +625,8 @@ class FakeGeminiApp(FakeUpstreamApp):
             "embedContent": self._embed,
             "batchEmbedContents": self._batch_embed,
         }
+        if route.vertex:
+            handlers["predict"] = self._predict
         handler = handlers.get(route.method)
         if handler is None or (route.vertex and route.method in ("embedContent", "batchEmbedContents")):
             return google_error(404, "Method not found.", "NOT_FOUND")
@@ -887,6 +891,27 @@ class FakeGeminiApp(FakeUpstreamApp):
             for i, r in enumerate(requests)
         ]
         return Reply(200, content_type=_JSON_CT, body=_pretty({"embeddings": embeddings}))
+
+    def _predict(self, ctx: Ctx, route: _Route, behaviour: Behaviour) -> Reply:
+        """Vertex AI's text embeddings: ``{"instances": [{"content"}], "parameters"}`` -> predictions."""
+        info = self._model(route, "embedContent")
+        body = ctx.body if isinstance(ctx.body, dict) else {}
+        instances = body.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise _invalid("Invalid JSON payload received. Instances are required.")
+        parameters = body.get("parameters") or {}
+        dims = parameters.get("outputDimensionality") or info.embedding_dimensions or 768
+        predictions, characters = [], 0
+        for i, instance in enumerate(instances):
+            content = instance.get("content") if isinstance(instance, dict) else None
+            if not isinstance(content, str):
+                raise _invalid(f"Invalid value at 'instances[{i}].content': a string is required.")
+            characters += len(content.replace(" ", ""))
+            values = embedding_for(content, min(int(dims), info.embedding_dimensions or int(dims)))
+            stats = {"token_count": count_words(content), "truncated": False}
+            predictions.append({"embeddings": {"statistics": stats, "values": values}})
+        doc = {"predictions": predictions, "metadata": {"billableCharacterCount": characters}}
+        return Reply(200, content_type=_JSON_CT, body=_pretty(doc))
 
     # ---- models -------------------------------------------------------------------------------
 

@@ -898,6 +898,15 @@ def test_vertex_raw_bytes(gfake: FakeGemini) -> None:
 
 
 @needs_genai
+def test_vertex_embeddings_through_predict(gfake: FakeGemini) -> None:
+    vertex = _vertex(gfake)
+    result = vertex.models.embed_content(model="text-embedding-004", contents=["hello there", "x"])
+    assert result.embeddings is not None and [len(e.values or []) for e in result.embeddings] == [768, 768]
+    assert result.embeddings[0].statistics is not None and result.embeddings[0].statistics.token_count == 2
+    assert gfake.requests[-1].path.endswith("/publishers/google/models/text-embedding-004:predict")
+
+
+@needs_genai
 def test_vertex_auth_and_project(gfake: FakeGemini) -> None:
     wrong = _vertex(gfake, token="ya29.wrong")
     with pytest.raises(genai_errors.ClientError) as raised:

@@ -63,6 +63,13 @@ def vendor_catalog(catalog: Any, vendors: dict[str, Any]) -> dict[str, Any]:
     return vendors
 
 
+def error_of(raised: pytest.ExceptionInfo[openai.APIStatusError]) -> dict[str, Any]:
+    """The OpenAI-shaped error body the SDK parsed (its `body` is typed `object`)."""
+    body = raised.value.body
+    assert isinstance(body, dict), body
+    return body
+
+
 MODELS = ["claude-sonnet", "gemini-flash", "bedrock-claude-converse", "bedrock-claude-invoke"]
 
 
@@ -176,16 +183,16 @@ def test_bedrock_embedding_inputs_it_cannot_take_are_a_400_before_any_call(
     bedrock = vendor_catalog["bedrock"]
     with pytest.raises(openai.BadRequestError) as titan_batch:
         sdk.embeddings.create(model="titan-embed", input=["one", "two"])
-    assert titan_batch.value.body["param"] == "input" and "one input" in titan_batch.value.body["message"]
+    assert error_of(titan_batch)["param"] == "input" and "one input" in error_of(titan_batch)["message"]
     with pytest.raises(openai.BadRequestError) as dims:
         sdk.embeddings.create(model="titan-embed", input="x", dimensions=100)
-    assert dims.value.body["param"] == "dimensions"
+    assert error_of(dims)["param"] == "dimensions"
     with pytest.raises(openai.BadRequestError) as too_many:
         sdk.embeddings.create(model="cohere-embed", input=[f"t{i}" for i in range(97)])
-    assert "96" in too_many.value.body["message"]
+    assert "96" in error_of(too_many)["message"]
     with pytest.raises(openai.BadRequestError) as tokens:
         sdk.embeddings.create(model="cohere-embed", input=[[1, 2, 3]])
-    assert tokens.value.body["param"] == "input"
+    assert error_of(tokens)["param"] == "input"
     assert bedrock.requests == []
 
 
@@ -209,17 +216,25 @@ def test_gemini_on_vertex_ai_uses_the_project_path_and_a_bearer_token(
                 model="gemini-vertex", messages=[{"role": "user", "content": "hi again"}], stream=True
             )  # fmt: skip
         )
-        with pytest.raises(openai.BadRequestError) as embeddings:
-            sdk.embeddings.create(model="vertex-embedding", input="x")
+        embeddings = sdk.embeddings.create(
+            model="vertex-embedding", input=["one two", "three"], dimensions=64
+        )
         sent = vertex_fake.requests
     assert answer.choices[0].message.content == "Echo: hi there"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: hi again"
     base = "/v1/projects/acme-prod/locations/europe-west4/publishers/google/models/gemini-2.5-flash"
-    assert [r.path for r in sent] == [f"{base}:generateContent", f"{base}:streamGenerateContent"]
+    assert [r.path for r in sent[:2]] == [f"{base}:generateContent", f"{base}:streamGenerateContent"]
     assert sent[1].query == {"alt": "sse"}
     assert sent[0].headers["authorization"] == f"Bearer {vertex_fake.access_token}"
     assert "x-goog-api-key" not in sent[0].headers
-    assert embeddings.value.body["code"] == "unsupported_endpoint"  # Vertex embeds via :predict, not built
+    assert [len(d.embedding) for d in embeddings.data] == [64, 64]
+    assert embeddings.usage.prompt_tokens == 3  # Vertex's own token counts, summed
+    assert (
+        sent[2].path
+        == "/v1/projects/acme-prod/locations/europe-west4/publishers/google/models/text-embedding-004:predict"
+    )
+    assert sent[2].body == {"instances": [{"content": "one two"}, {"content": "three"}],
+                            "parameters": {"outputDimensionality": 64}}  # fmt: skip
 
 
 @pytest.mark.parametrize("model", MODELS)
