@@ -20,7 +20,7 @@ def test_every_scheduled_task_is_a_registered_task_on_a_queue_the_workers_consum
     app.loader.import_default_modules()
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
         assert entry["task"] in app.tasks, entry["task"]
-        assert entry["options"]["queue"] == "maintenance"
+        assert entry["options"] == {"queue": "maintenance"}
 
 
 @pytest.mark.redis
