@@ -32,16 +32,18 @@ GRAINS: dict[int, frozenset[str]] = {
     Grain.APP_MODEL: frozenset({"app", "model"}),
     Grain.USER: frozenset({"user"}),
     Grain.KEY: frozenset({"key"}),
-    Grain.GROUP_MODEL: frozenset({"group", "model"}),
+    Grain.GROUP_APP_MODEL: frozenset({"group", "app", "model"}),
     Grain.GROUP_USER: frozenset({"group", "user"}),
     Grain.GROUP_KEY: frozenset({"group", "key"}),
+    Grain.USER_MODEL: frozenset({"user", "model"}),
+    Grain.KEY_MODEL: frozenset({"key", "model"}),
     Grain.FULL: frozenset({"user", "key", "app", "model"}),
     Grain.GROUP_FULL: frozenset({"group", "user", "key", "app", "model"}),
 }
 # Smallest first (by the rows a day holds): the dashboard reads the first grain that keeps what
-# it filters and groups by.
-BY_SIZE = (Grain.APP_MODEL, Grain.GROUP_MODEL, Grain.USER, Grain.KEY, Grain.GROUP_USER, Grain.GROUP_KEY,
-           Grain.FULL, Grain.GROUP_FULL)  # fmt: skip
+# it filters and groups by; the two full grains, with their indexes, answer the rare combinations.
+BY_SIZE = (Grain.APP_MODEL, Grain.GROUP_APP_MODEL, Grain.USER, Grain.KEY, Grain.GROUP_USER, Grain.GROUP_KEY,
+           Grain.USER_MODEL, Grain.KEY_MODEL, Grain.FULL, Grain.GROUP_FULL)  # fmt: skip
 KEY_COLUMNS = ("grain", "day", "group_id", "user_id", "key_id", "app_id", "model")
 LAT_COLUMNS = tuple(f"lat_{i}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
 SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd", "cost_share", "latency_ms_sum",

@@ -53,7 +53,7 @@ def test_a_batch_is_rolled_up_and_a_resent_batch_counts_nothing(alice: User) -> 
     # Every grain without groups sums to the same; the group grains have no row (no groups).
     for grain in (Grain.APP_MODEL, Grain.USER, Grain.KEY):
         assert rollup_totals(grain)["requests"] == 3
-    assert not DailyUsage.objects.filter(grain__in=[Grain.GROUP_MODEL, Grain.GROUP_FULL]).exists()
+    assert not DailyUsage.objects.filter(grain__in=[Grain.GROUP_APP_MODEL, Grain.GROUP_FULL]).exists()
 
 
 def test_an_event_whose_key_or_user_was_deleted_meanwhile_is_kept_and_does_not_fail_its_batch(
@@ -79,7 +79,7 @@ def test_a_member_of_two_groups_counts_in_both_and_is_charged_half_to_each(alice
     events_write(
         events=[event(1, ts=datetime.now(tz=UTC).timestamp(), user=alice.pk, groups=[a.pk, b.pk], cost="0.5")]
     )
-    rows = {r.group_id: r for r in DailyUsage.objects.filter(grain=Grain.GROUP_MODEL)}
+    rows = {r.group_id: r for r in DailyUsage.objects.filter(grain=Grain.GROUP_APP_MODEL)}
     assert set(rows) == {a.pk, b.pk}
     assert all(
         r.cost_usd == Decimal("0.5") and r.cost_share == Decimal("0.25") and r.requests == 1
@@ -125,7 +125,8 @@ def test_a_rebuild_gives_the_rollups_the_writer_kept(alice: User, bob: User) -> 
 def test_queries_read_the_smallest_grain_that_can_answer() -> None:
     assert grain_for({"user"}) == Grain.USER
     assert grain_for({"model"}) == Grain.APP_MODEL
-    assert grain_for({"group"}) == Grain.GROUP_MODEL
-    assert grain_for({"user", "model"}) == Grain.FULL
+    assert grain_for({"group"}) == Grain.GROUP_APP_MODEL
+    assert grain_for({"user", "model"}) == Grain.USER_MODEL
+    assert grain_for({"user", "app"}) == Grain.FULL
     assert grain_for({"group", "user"}) == Grain.GROUP_USER
     assert grain_for({"group", "user", "model"}) == Grain.GROUP_FULL
