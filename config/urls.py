@@ -22,5 +22,6 @@ urlpatterns = [
     # Entra ID sign-in: /auth/login/entra-id/ starts it, /auth/complete/entra-id/ is the redirect URI.
     path("auth/", include("social_django.urls", namespace="social")),
     path("", include("transcription.urls")),
+    path("prompts/", include("prompts.urls")),
     path("", include("portal.urls")),
 ]

@@ -21,6 +21,7 @@ from gateway.catalog import Principal
 from gateway.errors import GatewayError
 from gateway.proxy import Call, proxy_call
 from gateway.state import GatewayState, get_state
+from prompts.gateway import apply_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -261,8 +262,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             client_sink = edge_anthropic.AnthropicSink(
                 sink, str(native.get("model") or ""), bool(body.get("stream"))
             )
-        validate(endpoint, body)
         call = Call(endpoint=endpoint, body=body, principal=principal, request_id=request_id)
+        if "prompt" in body and endpoint in ("chat/completions", "responses"):
+            await apply_prompt(state, call)  # a library prompt called by id, rendered before validation
+        validate(endpoint, body)
         await _run_watching_disconnect(state, call, client_sink, receive)
     except GatewayError as exc:
         if path.startswith("/gemini/") and not sink.started:

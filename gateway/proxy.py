@@ -66,6 +66,8 @@ class Call:
     served_model: ModelInfo | None = None
     images: int = 0
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    prompt_id: str = ""  # a library prompt called by id (prompts.gateway.apply_prompt)
+    prompt_version: int | None = None
 
     def event(self) -> dict[str, Any]:
         """The usage event for the ledger (JSON-safe)."""
@@ -104,6 +106,8 @@ class Call:
             "streamed": self.streamed,
             "tokens_estimated": self.tokens_estimated,
             "counted": self.counted,
+            "prompt_id": self.prompt_id,
+            "prompt_version": self.prompt_version,
         }
 
 

@@ -6,3 +6,8 @@ from django.apps import AppConfig
 class PromptsConfig(AppConfig):
     name = "prompts"
     verbose_name = "Prompt library"
+
+    def ready(self) -> None:
+        from prompts import signals
+
+        signals.connect()

@@ -17,6 +17,7 @@ EVENT_FIELDS = (
     "request_id", "key_id", "user_id", "group_ids", "app_id", "endpoint", "provider", "deployment", "model",
     "prompt_tokens", "completion_tokens", "cached_tokens", "images", "audio_seconds", "cost_usd",
     "latency_ms", "ttft_ms", "status", "error_kind", "streamed", "tokens_estimated", "counted",
+    "prompt_id", "prompt_version",
 )  # fmt: skip
 
 

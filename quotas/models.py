@@ -54,6 +54,10 @@ class UsageEvent(models.Model):
         default=False, help_text="Counted locally: the provider sent no usage"
     )
     counted = models.BooleanField(default=True, help_text="Passed admission, so it counts against quotas")
+    # A library prompt called by id (its uuid and version number); plain values, so the ledger
+    # keeps its history when a prompt is deleted.
+    prompt_id = models.CharField(max_length=36, blank=True, default="")
+    prompt_version = models.PositiveIntegerField(null=True, blank=True)
 
     objects = UsageEventQuerySet.as_manager()
 
@@ -62,6 +66,11 @@ class UsageEvent(models.Model):
         indexes = [
             models.Index(fields=["user", "created_at"]),
             models.Index(fields=["key", "created_at"]),
+            models.Index(
+                fields=["prompt_id", "created_at"],
+                condition=~models.Q(prompt_id=""),
+                name="usageevent_prompt",
+            ),
         ]
 
     def __str__(self) -> str:
