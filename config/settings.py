@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import dj_database_url
 
 from config.env import env, envbool, envfloat, envint, envlist
+from config.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.logs.RequestIdMiddleware",  # first: every later line of the request carries its id
     "django.middleware.security.SecurityMiddleware",
     # A strict Content-Security-Policy on every page: no inline scripts or styles (see portal/csp.py).
     "portal.csp.ContentSecurityPolicyMiddleware",
@@ -296,14 +297,22 @@ TRANSCRIPTION_RETENTION_DAYS = envfloat("TRANSCRIPTION_RETENTION_DAYS", 30.0)
 
 # --- Logging ---------------------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": sys.stderr}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# "text" for development, "json" for one object per line (ts, level, logger, message, request_id, …).
+LOG_FORMAT = env("LOG_FORMAT", "text")
+# Members of these groups have their gateway request and response bodies logged (DEBUG,
+# logger gateway.content); nobody else's content is ever logged. Keys are scrubbed regardless.
+LOG_CONTENT_GROUPS = envlist("LOG_CONTENT_GROUPS", "")
+LOGGING = logging_config(
+    fmt=LOG_FORMAT, level=LOG_LEVEL, key_prefix=API_KEY_PREFIX, content=bool(LOG_CONTENT_GROUPS)
+)
+# The Celery worker keeps these handlers (and so the JSON format) instead of installing its own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
+
+# --- Metrics (GET /metrics, Prometheus) -------------------------------------------------------------
+# A scrape must come from one of these networks and, when METRICS_TOKEN is set, carry
+# `Authorization: Bearer <token>`. Both empty = /metrics refuses everyone.
+METRICS_TOKEN = env("METRICS_TOKEN", "")
+METRICS_ALLOWED_NETWORKS = envlist("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
 
 # --- Server ----------------------------------------------------------------------------------------
 # `make run` / `manage.py serve`: uvicorn (measured faster, see README) or daphne.

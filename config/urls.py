@@ -8,11 +8,13 @@ from django.urls import include, path
 
 from config.api import api
 from config.health import healthz, livez
+from config.metrics import metrics_view
 from portal.identity import LoginView
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("livez", livez, name="livez"),
+    path("metrics", metrics_view, name="metrics"),
     # The usage dashboard and chargeback report live under the admin console (staff only).
     path("admin/dashboard/", include("quotas.urls")),
     path("admin/", admin.site.urls),

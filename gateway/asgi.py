@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
+from config import logs, metrics
 from gateway import edge_anthropic, edge_gemini, entra, keyevents
 from gateway.catalog import Principal
 from gateway.errors import GatewayError
@@ -230,6 +231,7 @@ async def list_models(state: GatewayState, call: Call, send: Send, only: str | N
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one proxy request."""
     request_id = f"req_{uuid.uuid4().hex}"
+    log_token = logs.request_id.set(request_id)
     sink = ASGISink(send)
     path, method = scope["path"], scope["method"]
     state = get_state()
@@ -245,7 +247,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 call.status, call.error_kind = exc.status, exc.code or "error"
                 raise
             finally:
-                await state.buffer.put(call.event())
+                event = call.event()
+                metrics.call_finished(call, event)
+                await state.buffer.put(event)
             return
         body = parse_json(await read_body(scope, receive))
         if model_override is not None and not endpoint.startswith("gemini/"):
@@ -268,6 +272,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         validate(endpoint, body)
         await _run_watching_disconnect(state, call, client_sink, receive)
     except GatewayError as exc:
+        if call is None or not call.status:  # refused before a usage event recorded it
+            metrics.request_refused(path, exc.status)
         if path.startswith("/gemini/") and not sink.started:
             exc = GatewayError(
                 exc.status,
@@ -289,9 +295,13 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise
     except Exception:
         logger.exception("gateway failure on %s %s (%s)", method, path, request_id)
+        if call is None:
+            metrics.request_refused(path, 500)
         await sink.error(
             GatewayError(500, "The gateway failed to handle the request.", code="internal_error"), request_id
         )
+    finally:
+        logs.request_id.reset(log_token)
 
 
 def _route(method: str, path: str, scope: Scope) -> tuple[str, str | None, str | None]:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from config import logs, metrics
 from gateway import routing, tokens
 from gateway.catalog import DeploymentInfo, ModelInfo, Principal, Snapshot
 from gateway.errors import GatewayError
@@ -175,6 +176,7 @@ async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
     """Serve ``call`` into ``sink``; always leaves exactly one usage event."""
     reservation = Reservation()
     try:
+        sink = await logs.content_sink(call, sink)  # bodies of LOG_CONTENT_GROUPS members only
         snapshot = await state.get_snapshot()
         call.model = resolve_model(snapshot, call.principal, call.body.get("model"))
         if snapshot.rules:
@@ -200,9 +202,9 @@ async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
     finally:
         # Its own task, shielded and tracked: neither a disconnect nor a server shutdown arriving
         # now may cut the settlement short (shutdown waits for it before the last flush).
-        await asyncio.shield(
-            state.spawn(usage_settle(state=state, reservation=reservation, event=call.event()))
-        )
+        event = call.event()
+        metrics.call_finished(call, event)
+        await asyncio.shield(state.spawn(usage_settle(state=state, reservation=reservation, event=event)))
 
 
 async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
@@ -228,6 +230,7 @@ async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
         now = time.monotonic()
         if not breaker.allow(now):
             continue
+        metrics.upstream_attempt(dep, breaker.state)  # a probe: half open
         adapter = adapter_for(dep.provider.kind)
         try:
             request = adapter.build(call.endpoint, dep, {**call.body, "model": dep.provider_model}, call)
@@ -246,6 +249,7 @@ async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
             if sink.started:  # mid-stream: the client has a truncated answer, accounted as such
                 call.status, call.error_kind = 504, "upstream_timeout_mid_stream"
                 breaker.failure(time.monotonic())
+                metrics.upstream_attempt(dep, breaker.state, "timeout_mid_stream")
                 await sink.send(
                     stream_error("The provider's stream stalled.", "upstream_timeout"), more=False
                 )
@@ -254,15 +258,18 @@ async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
                                            type="timeout"), ErrorKind.TIMEOUT)  # fmt: skip
         if outcome is None:
             breaker.success(time.perf_counter() - started)
+            metrics.upstream_attempt(dep, breaker.state)
             return
         error, kind = outcome, outcome.kind
         last_error = error
         if kind.retryable:
             retry_after = _retry_after(error)
             breaker.failure(time.monotonic(), retry_after if kind is ErrorKind.RATE_LIMITED else None)
+            metrics.upstream_attempt(dep, breaker.state, kind)
             continue
         if kind in (ErrorKind.AUTH,):
             breaker.failure(time.monotonic())
+        metrics.upstream_attempt(dep, breaker.state, kind)
         raise error
     if last_error is not None:
         raise last_error

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+from config import metrics
 from config.db import adb
 from gateway.errors import GatewayError
 from quotas import engine
@@ -33,6 +34,7 @@ async def usage_admit(
     except Refused as refused:
         counter = counters[refused.index]
         error = engine.refusal(counter, refused.used, now)
+        metrics.quota_refused(str(error.code))
         counter.used_after = refused.used
         for name, value in engine.ratelimit_headers([counter], now):
             error.headers[name.decode()] = value.decode()

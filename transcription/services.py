@@ -31,6 +31,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
+from config import metrics
 from config.db import adb
 from gateway.catalog import ModelInfo, Principal, Snapshot
 from gateway.errors import GatewayError
@@ -404,6 +405,7 @@ def job_complete(*, job: TranscriptionJob, result: Result) -> bool:
 
     done = _finish(job.pk, apply=apply)
     if done:
+        metrics.transcription_finished(job=job, audio_seconds=seconds)
         _purge_soon()
     return done
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -32,6 +33,19 @@ def server_command(server: str, host: str, port: int, workers: int) -> list[str]
     raise ValueError(f"unknown ASGI server {server!r} (uvicorn or daphne)")
 
 
+def prometheus_dir() -> str:
+    """The metrics directory shared by the web workers and the Celery worker, emptied of old samples.
+
+    prometheus_client's multiprocess mode: each process writes its own files there, /metrics adds
+    them up. Emptied at every start, or a dead process's counters and gauges would live on.
+    """
+    path = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.DATA_DIR / "prometheus")
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.db"):  # only prometheus_client's files, whatever the directory is
+        old.unlink(missing_ok=True)
+    return str(path)
+
+
 class Command(BaseCommand):
     help = "Migrate, ensure a superuser, and serve web + Celery worker in the foreground."
 
@@ -49,6 +63,7 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=1)
             call_command("ensure_superuser")
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+        env["PROMETHEUS_MULTIPROC_DIR"] = prometheus_dir()
         children: list[subprocess.Popen[bytes]] = []
         if settings.SERVE_WITH_WORKER and not opts["no_worker"]:
             worker = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
