@@ -6,13 +6,7 @@
 
   let active = null; // {controller, article} of the answer being streamed
 
-  function csrfToken() {
-    try {
-      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
-    } catch (_) {
-      return "";
-    }
-  }
+  const { postStream } = window.portalSSE;
 
   function fromHTML(html) {
     const template = document.createElement("template");
@@ -36,16 +30,6 @@
 
   function nearBottom() {
     return window.innerHeight + window.scrollY >= document.body.scrollHeight - 120;
-  }
-
-  function parseEvent(raw) {
-    let event = "message";
-    let data = "";
-    for (const line of raw.split("\n")) {
-      if (line.startsWith("event:")) event = line.slice(6).trim();
-      else if (line.startsWith("data:")) data += line.slice(5).trim();
-    }
-    return { event, data: data ? JSON.parse(data) : null };
   }
 
   function finish(article, payload) {
@@ -91,32 +75,15 @@
     article.setAttribute("aria-busy", "true");
     article.dataset.status = "streaming";
     try {
-      const response = await fetch(url, {
-        method: "POST",
-        headers: { "X-CSRFToken": csrfToken() },
-        credentials: "same-origin",
-        signal: controller.signal,
-      });
-      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value;
-        let end;
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const { event, data } = parseEvent(buffer.slice(0, end));
-          buffer = buffer.slice(end + 2);
-          if (event === "delta" && live) {
-            const follow = nearBottom();
-            live.append(data.t); // a text node: never parsed as HTML
-            if (follow) window.scrollTo(0, document.body.scrollHeight);
-          } else if (event === "done") {
-            finish(article, data);
-          }
+      await postStream(url, { signal: controller.signal }, (event, data) => {
+        if (event === "delta" && live) {
+          const follow = nearBottom();
+          live.append(data.t); // a text node: never parsed as HTML
+          if (follow) window.scrollTo(0, document.body.scrollHeight);
+        } else if (event === "done") {
+          finish(article, data);
         }
-      }
+      });
     } catch (err) {
       if (controller.signal.aborted) await refreshAfterStop(article);
       else showError(article, "The connection broke off. Reload the page to see what was saved.");

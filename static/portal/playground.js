@@ -5,23 +5,7 @@
 
   const controllers = new Set();
 
-  function csrfToken() {
-    try {
-      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
-    } catch (_) {
-      return "";
-    }
-  }
-
-  function parseEvent(raw) {
-    let event = "message";
-    let data = "";
-    for (const line of raw.split("\n")) {
-      if (line.startsWith("event:")) event = line.slice(6).trim();
-      else if (line.startsWith("data:")) data += line.slice(5).trim();
-    }
-    return { event, data: data ? JSON.parse(data) : null };
-  }
+  const { postStream } = window.portalSSE;
 
   function describe(m) {
     if (m.status === "error") return m.error;
@@ -49,31 +33,13 @@
     controllers.add(controller);
     out.setAttribute("aria-busy", "true");
     try {
-      const response = await fetch(form.dataset.runUrl, {
-        method: "POST",
-        body,
-        headers: { "X-CSRFToken": csrfToken() },
-        credentials: "same-origin",
-        signal: controller.signal,
-      });
-      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += value;
-        let end;
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const { event, data } = parseEvent(buffer.slice(0, end));
-          buffer = buffer.slice(end + 2);
-          if (event === "delta") out.append(data.t);
-          else if (event === "done") {
-            metrics.textContent = describe(data);
-            metrics.classList.toggle("error", data.status === "error");
-          }
+      await postStream(form.dataset.runUrl, { body, signal: controller.signal }, (event, data) => {
+        if (event === "delta") out.append(data.t);
+        else if (event === "done") {
+          metrics.textContent = describe(data);
+          metrics.classList.toggle("error", data.status === "error");
         }
-      }
+      });
     } catch (err) {
       metrics.textContent = controller.signal.aborted ? "Stopped." : "The connection broke off.";
     } finally {
