@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from portal import identity_admin  # noqa: F401 (users, groups, Entra ID mapping, audit log)
 from portal.catalogue import AppAdmin
-from portal.models import App, Conversation, Message
+from portal.models import App, Conversation
 
 # The catalogue's admin (fields, service keys, usage this month) lives with the catalogue.
 admin.site.register(App, AppAdmin)
@@ -12,34 +13,22 @@ admin.site.register(App, AppAdmin)
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = [
-        "title",
-        "owner",
-        "model",
-        "pinned",
-        "updated_at",
-        "prompt_tokens",
-        "completion_tokens",
-        "cost_usd",
-    ]
+    """Metadata and usage only, read-only: what employees wrote stays private to them.
+
+    Messages are not in the console at all; an admin may delete a conversation (a leaver's data,
+    an erasure request), and its usage stays in the ledger.
+    """
+
+    list_display = ["title", "owner", "model", "pinned", "updated_at", "prompt_tokens", "completion_tokens",
+                    "cost_usd"]  # fmt: skip
     list_filter = ["pinned", "model"]
-    search_fields = ["title", "owner__username"]
-    raw_id_fields = ["owner"]
+    search_fields = ["owner__username"]
+    fields = ("owner", "model", "pinned", "created_at", "updated_at", "prompt_tokens", "completion_tokens",
+              "cost_usd")  # fmt: skip
+    readonly_fields = fields
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
-@admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
-    list_display = [
-        "id",
-        "conversation",
-        "role",
-        "model",
-        "status",
-        "completion_tokens",
-        "cost_usd",
-        "created_at",
-    ]
-    list_filter = ["role", "status"]
-    raw_id_fields = ["conversation"]
-    search_fields = ["request_id"]
-    exclude = ["rendered_html"]  # derived from content; never edited by hand
+    def has_change_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:
+        return False
