@@ -9,30 +9,52 @@ CSP violation.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
-POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",  # the admin's and the charts' icons include data: URIs
-        "font-src 'self'",
-        "connect-src 'self'",
-        "frame-ancestors 'none'",
-        "object-src 'none'",
-        "base-uri 'self'",
-        "form-action 'self'",
-    ]
-)
+DIRECTIVES = [
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",  # the admin's and the charts' icons include data: URIs
+    "font-src 'self'",
+    "connect-src 'self'",
+    "frame-ancestors 'none'",
+    "object-src 'none'",
+    "base-uri 'self'",
+]
+
+
+# host[:port] only: a setting must never smuggle another directive into the header.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d{1,5})?|\[[0-9A-Fa-f:]+\](?::\d{1,5})?")
+
+
+@functools.lru_cache(maxsize=8)
+def policy_for(authority: str) -> str:
+    """The policy; ``form-action`` also allows the Entra ID authority's origin, because the
+    "Sign in with Microsoft" form redirects there and browsers apply form-action to redirects."""
+    parts = urlsplit(authority)
+    ok = parts.scheme in ("http", "https") and _HOST.fullmatch(parts.netloc or "")
+    origin = f"{parts.scheme}://{parts.netloc}" if ok else ""
+    return "; ".join([*DIRECTIVES, f"form-action 'self' {origin}".rstrip()])
+
+
+def policy() -> str:
+    """The policy for the current settings (tests point the authority at a local fake)."""
+    return policy_for(settings.AZURE_AD_AUTHORITY if settings.AZURE_AD_CLIENT_ID else "")
+
+
 HEADER = "Content-Security-Policy"
 
 
 class ContentSecurityPolicyMiddleware:
-    """Adds :data:`POLICY` to responses that have no policy of their own (sync and async)."""
+    """Adds :func:`policy` to responses that have no policy of their own (sync and async)."""
 
     sync_capable = True
     async_capable = True
@@ -60,5 +82,5 @@ class ContentSecurityPolicyMiddleware:
     @staticmethod
     def _apply(response: HttpResponseBase) -> HttpResponseBase:
         if HEADER not in response:
-            response[HEADER] = POLICY
+            response[HEADER] = policy()
         return response

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from portal.csp import POLICY
+from portal.csp import policy_for
 
 pytestmark = pytest.mark.django_db
 
@@ -27,13 +28,27 @@ def test_every_page_carries_the_policy(client: Client, alice: User, path: str) -
     response = client.get(path)
     assert response.status_code == 200, path
     policy = response["Content-Security-Policy"]
-    assert policy == POLICY
+    assert policy == policy_for("")  # no Entra ID configured
     directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
     assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
     assert directives["connect-src"] == "'self'" and directives["frame-ancestors"] == "'none'"
     assert directives["object-src"] == "'none'" and directives["base-uri"] == "'self'"
     assert directives["form-action"] == "'self'"
     assert "unsafe" not in policy
+
+
+def test_the_entra_id_authority_may_receive_the_sign_in_form(client: Client, settings: Any) -> None:
+    """The "Sign in with Microsoft" POST redirects to the authority: form-action must allow it."""
+    settings.AZURE_AD_CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+    settings.AZURE_AD_AUTHORITY = "https://login.microsoftonline.com/"
+    policy = client.get("/accounts/login/")["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["form-action"] == "'self' https://login.microsoftonline.com"
+    settings.AZURE_AD_AUTHORITY = "javascript:alert(1)"  # never a source from a bad setting
+    policy = client.get("/accounts/login/")["Content-Security-Policy"]
+    assert "form-action 'self';" in policy + ";" and "javascript" not in policy
+    settings.AZURE_AD_AUTHORITY = "https://evil.test;script-src *"
+    assert "script-src *" not in client.get("/accounts/login/")["Content-Security-Policy"]
 
 
 def test_htmx_runs_in_safe_mode(client: Client, alice: User) -> None:
