@@ -20,7 +20,41 @@ STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENI
           504: "DEADLINE_EXCEEDED"}  # fmt: skip
 
 
+def _check_types(body: dict[str, Any]) -> None:
+    """The request's types where the translation relies on them: a 400 naming the field, never a 500."""
+
+    def bad(field: str, expected: str) -> GatewayError:
+        return GatewayError(400, f"Invalid value at '{field}': expected {expected}.",
+                            code="invalid_argument", param=field)  # fmt: skip
+
+    def expect(value: Any, field: str, kind: type, expected: str) -> None:
+        if value is not None and not isinstance(value, kind):
+            raise bad(field, expected)
+
+    expect(body.get("contents"), "contents", list, "a list of Content")
+    for n, content in enumerate(body.get("contents") or ()):
+        expect(content, f"contents[{n}]", dict, "a Content object")
+        expect(content.get("parts"), f"contents[{n}].parts", list, "a list of Part")
+    for name in ("systemInstruction", "system_instruction"):
+        system = body.get(name)
+        expect(system, name, dict, "a Content object")
+        expect((system or {}).get("parts"), f"{name}.parts", list, "a list of Part")
+    expect(body.get("generationConfig"), "generationConfig", dict, "a GenerationConfig object")
+    expect(body.get("tools"), "tools", list, "a list of Tool")
+    for n, tool in enumerate(body.get("tools") or ()):
+        expect(tool, f"tools[{n}]", dict, "a Tool object")
+        declarations = tool.get("functionDeclarations")
+        expect(declarations, f"tools[{n}].functionDeclarations", list, "a list of FunctionDeclaration")
+        for i, declaration in enumerate(declarations or ()):
+            expect(declaration, f"tools[{n}].functionDeclarations[{i}]", dict, "a FunctionDeclaration")
+    config = body.get("toolConfig")
+    expect(config, "toolConfig", dict, "a ToolConfig object")
+    expect((config or {}).get("functionCallingConfig"), "toolConfig.functionCallingConfig", dict,
+           "a FunctionCallingConfig object")  # fmt: skip
+
+
 def to_openai(body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+    _check_types(body)
     messages: list[dict[str, Any]] = []
     system = body.get("systemInstruction") or body.get("system_instruction")
     if isinstance(system, dict):

@@ -64,3 +64,29 @@ def test_errors_are_gemini_shaped(gateway: Any) -> None:
         ).status_code
         == 401
     )
+
+
+BAD_BODIES = [
+    ({"contents": 5}, "contents"),
+    ({"contents": [5]}, "contents[0]"),
+    ({"contents": [{"parts": 5}]}, "contents[0].parts"),
+    ({"contents": [{"parts": [{"text": "x"}]}], "systemInstruction": {"parts": 5}}, "systemInstruction.parts"),
+    ({"contents": [{"parts": [{"text": "x"}]}], "systemInstruction": "be brief"}, "systemInstruction"),
+    ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": []}, "generationConfig"),
+    ({"contents": [{"parts": [{"text": "x"}]}], "tools": {"functionDeclarations": []}}, "tools"),
+    ({"contents": [{"parts": [{"text": "x"}]}], "tools": [{"functionDeclarations": 1}]}, "tools[0].functionDeclarations"),
+    ({"contents": [{"parts": [{"text": "x"}]}], "toolConfig": {"functionCallingConfig": "ANY"}},
+     "toolConfig.functionCallingConfig"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_BODIES)
+def test_malformed_bodies_are_a_gemini_400_naming_the_field(
+    gateway: Any, alice_key: Any, fake: FakeOpenAI, body: dict[str, Any], field: str
+) -> None:
+    response = httpx.post(f"{gateway.url}/gemini/v1beta/models/gpt-4o-mini:generateContent",
+                          headers={"x-goog-api-key": alice_key[1]}, json=body)  # fmt: skip
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["status"] == "INVALID_ARGUMENT" and f"'{field}'" in error["message"]
+    assert fake.requests == []  # refused before any upstream call
