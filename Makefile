@@ -46,6 +46,9 @@ fmt: $(VENV)/.stamp-dev ## Format and autofix
 typecheck: $(VENV)/.stamp-dev ## mypy with django-stubs
 	$(VENV)/bin/mypy .
 
+audit: $(VENV)/.stamp-dev ## pip-audit the locked versions (constraints.txt) against PyPI's advisories
+	$(VENV)/bin/pip-audit -r constraints.txt --no-deps --disable-pip --strict --progress-spinner off
+
 lock: ## Re-pin constraints.txt from a fresh venv with every extra
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
 	/tmp/lock-venv/bin/pip install -q -e '.[dev,whisper]'
@@ -54,4 +57,4 @@ lock: ## Re-pin constraints.txt from a fresh venv with every extra
 clean: ## Remove the venv and local data
 	rm -rf $(VENV) var
 
-.PHONY: help install run test lint fmt typecheck lock clean
+.PHONY: help install run test lint fmt typecheck audit lock clean

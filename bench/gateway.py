@@ -366,6 +366,8 @@ def gateway_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
     # Embedded mode unless told otherwise: do not inherit a developer's Redis or Postgres.
     for name in ("REDIS_URL", "DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DEBUG"):
         env.pop(name, None)
+    # The fake upstream listens on loopback, which provider URLs may only name when allowed.
+    env.setdefault("GATEWAY_UPSTREAM_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
     if args.redis:
         env["REDIS_URL"] = args.redis
     if args.database_url:

@@ -189,6 +189,10 @@ AZURE_AD_JWKS_TTL = envfloat("AZURE_AD_JWKS_TTL", 3600.0)
 AZURE_AD_JWKS_MIN_REFRESH = envfloat("AZURE_AD_JWKS_MIN_REFRESH", 10.0)
 # Password sign-in: "on", "superusers" (break-glass admins only) or "off".
 LOCAL_LOGIN = env("LOCAL_LOGIN", "on")
+# Password sign-in (/accounts/login/, /admin/login/): this many failures per username and address
+# within the window lock that pair out (429) until the window has passed. Counted in the cache.
+LOGIN_THROTTLE_FAILURES = envint("LOGIN_THROTTLE_FAILURES", 5)
+LOGIN_THROTTLE_WINDOW_SECONDS = envint("LOGIN_THROTTLE_WINDOW_SECONDS", 900)
 # An old key stays valid this long after a rotation, so its users can switch to the new one.
 API_KEY_ROTATION_GRACE_HOURS = envfloat("API_KEY_ROTATION_GRACE_HOURS", 24.0)
 SOCIAL_AUTH_PIPELINE = (
@@ -245,6 +249,12 @@ GATEWAY_CIRCUIT_FAILURES = envint("GATEWAY_CIRCUIT_FAILURES", 5)
 GATEWAY_CIRCUIT_COOLDOWN = envfloat("GATEWAY_CIRCUIT_COOLDOWN", 30.0)
 # An upstream 429's Retry-After keeps its deployment out of rotation for at most this long.
 GATEWAY_MAX_RETRY_AFTER = envfloat("GATEWAY_MAX_RETRY_AFTER", 60.0)
+# Networks (CIDRs) a provider's base URL may resolve to although they are loopback, private or
+# link-local: e.g. a self-hosted vLLM on 10.20.0.0/16. Empty = public addresses only (SSRF guard).
+GATEWAY_UPSTREAM_ALLOWED_NETWORKS = envlist("GATEWAY_UPSTREAM_ALLOWED_NETWORKS", "")
+# Idempotency-Key on POST /v1/*: how long a successful response is kept for replay, and the largest kept.
+GATEWAY_IDEMPOTENCY_TTL_SECONDS = envint("GATEWAY_IDEMPOTENCY_TTL_SECONDS", 86400)
+GATEWAY_IDEMPOTENCY_MAX_BYTES = envint("GATEWAY_IDEMPOTENCY_MAX_BYTES", 1024 * 1024)
 # Usage buffer: events are flushed to the ledger in batches of at most this many, this often.
 USAGE_FLUSH_INTERVAL = envfloat("USAGE_FLUSH_INTERVAL", 1.0)
 USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", 500)

@@ -17,7 +17,7 @@ import orjson
 from django.conf import settings
 
 from config import logs, metrics
-from gateway import edge_anthropic, edge_gemini, entra, keyevents
+from gateway import edge_anthropic, edge_gemini, entra, idempotency, keyevents, ssrf
 from gateway.catalog import Principal
 from gateway.errors import GatewayError
 from gateway.proxy import Call, proxy_call
@@ -104,7 +104,9 @@ def presented_key(scope: Scope) -> str | None:
     auth = _header(scope, b"authorization")
     if auth is not None:
         scheme, _, token = auth.decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        # Not a list header (RFC 9110): two of them are ambiguous, refused whichever is valid.
+        twice = sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1
+        if twice or scheme.lower() != "bearer" or not token.strip():
             raise GatewayError(
                 401, "Malformed Authorization header: expected `Bearer <key>`.", code="invalid_api_key"
             )
@@ -181,6 +183,9 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 
 def validate(endpoint: str, body: dict[str, Any]) -> None:
     """The few shape checks the gateway needs before it can route (the provider checks the rest)."""
+    from gateway.limits import check_request  # imported here: the one hook of gateway/limits.py
+
+    check_request(endpoint, body)
     if endpoint == "chat/completions":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -252,6 +257,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                 await state.buffer.put(event)
             return
         body = parse_json(await read_body(scope, receive))
+        ssrf.check_body(body)  # a client never chooses the upstream
         if model_override is not None and not endpoint.startswith("gemini/"):
             body["model"] = model_override
         client_sink: Any = sink
@@ -270,7 +276,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if "prompt" in body and endpoint in ("chat/completions", "responses"):
             await apply_prompt(state, call)  # a library prompt called by id, rendered before validation
         validate(endpoint, body)
-        await _run_watching_disconnect(state, call, client_sink, receive)
+        await idempotency.serve(state, scope, call, client_sink,
+                                lambda out: _run_watching_disconnect(state, call, out, receive))  # fmt: skip
     except GatewayError as exc:
         if call is None or not call.status:  # refused before a usage event recorded it
             metrics.request_refused(path, exc.status)

@@ -7,6 +7,7 @@ these and never the ORM.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -15,7 +16,10 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from gateway.models import ApiKey, CatalogModel, DataPolicy, Deployment
+from gateway.ssrf import upstream_problem
 from quotas.engine import RuleInfo, load_rules
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +124,18 @@ def load_snapshot() -> Snapshot:
     deployments: dict[int, list[DeploymentInfo]] = {}
     rows = Deployment.objects.filter(enabled=True, provider__enabled=True).select_related("provider", "model")
     providers: dict[int, ProviderInfo] = {}
+    refused: set[int] = set()
     for dep in rows:
         prov = dep.provider
+        if prov.id in refused:
+            continue
         if prov.id not in providers:
+            # Resolved at every load (never per request): DNS rebinding after the save is caught here.
+            problem = upstream_problem(prov.base_url)
+            if problem is not None:
+                logger.warning("provider %s skipped: its base URL %s", prov.name, problem)
+                refused.add(prov.id)
+                continue
             providers[prov.id] = ProviderInfo(
                 id=prov.id, name=prov.name, kind=prov.kind, base_url=prov.base_url.rstrip("/"),
                 credential=prov.credential(), api_version=prov.api_version, region=prov.region,

@@ -24,9 +24,36 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    return "".join(
-        str(b.get("text", "")) for b in content or () if isinstance(b, dict) and b.get("type") == "text"
-    )
+    blocks = content if isinstance(content, list) else ()
+    return "".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+
+
+def _check_types(body: dict[str, Any]) -> None:
+    """The Messages API's types where the translation relies on them: a 400 naming the field, never a 500."""
+
+    def bad(field: str, expected: str) -> GatewayError:
+        return GatewayError(
+            400, f"{field}: Input should be {expected}", code="invalid_request_error", param=field
+        )
+
+    messages = body.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise bad("messages", "a valid list")
+    for i, message in enumerate(messages or ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is not None and not isinstance(content, str | list):
+            raise bad(f"messages.{i}.content", "a valid string or list")
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            if (
+                isinstance(block, dict)
+                and block.get("source") is not None
+                and not isinstance(block["source"], dict)
+            ):
+                raise bad(f"messages.{i}.content.{j}.source", "a valid dictionary")
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        raise bad("tools", "a valid list")
+    if body.get("tool_choice") is not None and not isinstance(body["tool_choice"], dict):
+        raise bad("tool_choice", "a valid dictionary")
 
 
 def to_openai(body: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +62,7 @@ def to_openai(body: dict[str, Any]) -> dict[str, Any]:
         raise GatewayError(
             400, "max_tokens: Field required", code="invalid_request_error", param="max_tokens"
         )
+    _check_types(body)
     messages: list[dict[str, Any]] = []
     if body.get("system"):
         messages.append({"role": "system", "content": _text(body["system"])})

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -62,6 +63,15 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """Refuse a base URL the gateway must not call (SSRF): see gateway/ssrf.py."""
+        super().clean()
+        from gateway.ssrf import upstream_problem
+
+        problem = upstream_problem(self.base_url) if self.base_url else None
+        if problem is not None:
+            raise ValidationError({"base_url": f"This URL {problem}."})
 
     def set_api_key(self, plaintext: str) -> None:
         """Store ``plaintext`` encrypted (an empty string clears it)."""

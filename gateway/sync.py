@@ -16,6 +16,7 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 
 from gateway.models import CatalogModel, DataPolicy, Deployment, Provider, ProviderKind
+from gateway.ssrf import upstream_problem
 from portal.models import App
 
 
@@ -133,6 +134,9 @@ def _sync_providers(items: list[Any], report: SyncReport) -> dict[str, Provider]
             raise SyncError(f"providers[{i}]: kind must be one of {', '.join(ProviderKind.values)}")
         if spec.get("api_key") and spec.get("api_key_env"):
             raise SyncError(f"providers[{i}]: give api_key or api_key_env, not both")
+        url_problem = upstream_problem(str(spec["base_url"]))
+        if url_problem is not None:
+            raise SyncError(f"providers[{i}] ({spec['name']}): base_url {url_problem}")
         provider = Provider.objects.filter(name=spec["name"]).first()
         created = provider is None
         provider = provider or Provider(name=spec["name"])

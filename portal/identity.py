@@ -10,11 +10,14 @@
   admin flags through the admin-managed ``GroupMapping`` rows, at every sign-in.
 - ``LocalPasswordBackend`` is Django's password login limited by ``LOCAL_LOGIN`` (``on``,
   ``superusers`` for break-glass admins only, or ``off``). It stays installed in every mode because
-  Django asks the model backend for everyone's permissions.
+  Django asks the model backend for everyone's permissions. It also throttles password guessing on
+  every login page (the portal's and the admin's): LOGIN_THROTTLE_FAILURES failures per username and
+  address within LOGIN_THROTTLE_WINDOW_SECONDS, counted in the cache, and the next attempt is a 429.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import uuid
@@ -26,6 +29,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Group, User
 from django.contrib.auth.signals import user_logged_in
+from django.core.cache import cache
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -114,6 +118,29 @@ class EntraID(AzureADV2TenantOAuth2):
         return user if user is not None and user.is_active else None
 
 
+class LoginThrottled(Exception):
+    """Too many failed password sign-ins for one username from one address (LOGIN_THROTTLE_*)."""
+
+
+def _throttle_key(request: HttpRequest, username: str) -> str:
+    address = str(request.META.get("REMOTE_ADDR") or "")
+    digest = hashlib.sha256(f"{username.strip().lower()}\0{address}".encode()).hexdigest()[:40]
+    return f"login-failures:{digest}"
+
+
+def throttled_response() -> HttpResponse:
+    """The 429 page of a locked-out username and address."""
+    minutes = max(1, round(settings.LOGIN_THROTTLE_WINDOW_SECONDS / 60))
+    body = (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>Too many sign-in attempts</title>"
+        "<h1>Too many sign-in attempts</h1>"
+        f"<p>Too many failed sign-ins for this account from your address. Try again in {minutes} minutes.</p>"
+    )
+    response = HttpResponse(body, status=429)
+    response["Retry-After"] = str(settings.LOGIN_THROTTLE_WINDOW_SECONDS)
+    return response
+
+
 class LocalPasswordBackend(ModelBackend):
     """Username and password, as LOCAL_LOGIN allows; permissions for every user."""
 
@@ -126,7 +153,22 @@ class LocalPasswordBackend(ModelBackend):
     ) -> User | None:
         if settings.LOCAL_LOGIN == "off":
             return None
-        return super().authenticate(request, username=username, password=password, **kwargs)
+        if request is None or not username:
+            return super().authenticate(request, username=username, password=password, **kwargs)
+        key = _throttle_key(request, username)
+        if (cache.get(key) or 0) >= settings.LOGIN_THROTTLE_FAILURES:
+            raise LoginThrottled  # before the password is even checked; SignInErrorMiddleware answers 429
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is None:
+            # A fixed window from the first failure: add() sets the expiry, incr() keeps it.
+            cache.add(key, 0, settings.LOGIN_THROTTLE_WINDOW_SECONDS)
+            try:
+                cache.incr(key)
+            except ValueError:  # expired between the two calls
+                cache.set(key, 1, settings.LOGIN_THROTTLE_WINDOW_SECONDS)
+        else:
+            cache.delete(key)
+        return user
 
     def user_can_authenticate(self, user: Any) -> bool:
         if not super().user_can_authenticate(user):
@@ -152,6 +194,9 @@ class SignInErrorMiddleware(SocialAuthExceptionMiddleware):
     """A refused Entra ID sign-in goes back to the login page with a message, and is audited."""
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, LoginThrottled):
+            logger.warning("password sign-in throttled from %s", request.META.get("REMOTE_ADDR"))
+            return throttled_response()
         if isinstance(exception, SocialAuthBaseException) and getattr(request, "social_strategy", None):
             audit.record(action="auth.refused", object_type="auth.user", object_repr=BACKEND_NAME,
                          after={"reason": (getattr(exception, "detail", "") or str(exception))[:200],

@@ -76,6 +76,7 @@ def _out(prompt: Prompt) -> dict[str, Any]:
 @router.get("/", response=list[PromptOut], summary="The published prompts the caller may use")
 def prompts_list(request: HttpRequest, q: str = "", tag: str = "") -> list[dict[str, Any]]:
     qs = _visible(request).select_related("published_version").prefetch_related("groups")
+    q, tag = q.replace("\x00", ""), tag.replace("\x00", "")  # PostgreSQL text cannot hold NUL: a 500
     if q:
         qs = qs.search(q[:200])
     if tag:

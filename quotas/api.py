@@ -12,6 +12,7 @@ from django.db.models.functions import TruncDate
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Query, Router
+from ninja.errors import AuthorizationError
 from ninja.responses import Status
 from ninja.security import HttpBearer, SessionAuth
 
@@ -31,8 +32,10 @@ class StaffKey(HttpBearer):
         if not keys.well_formed(token):
             return None
         key = ApiKey.objects.active().select_related("user").filter(digest=keys.digest(token)).first()
-        if key is None or key.user is None or not (key.user.is_active and key.user.is_staff):
+        if key is None or key.user is None or not key.user.is_active:
             return None
+        if not key.user.is_staff:  # a valid key, but not a staff member's: 403, not "who are you?"
+            raise AuthorizationError(message="The management API is for staff only.")
         return key.user
 
 
@@ -41,7 +44,9 @@ class StaffSession(SessionAuth):
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any:
         user = super().authenticate(request, key)
-        return user if user is not None and user.is_staff else None
+        if user is not None and not user.is_staff:
+            raise AuthorizationError(message="The management API is for staff only.")
+        return user
 
 
 router = Router(tags=["quotas"], auth=[StaffKey(), StaffSession()])
@@ -114,12 +119,16 @@ def usage_read(request: HttpRequest, filters: Query[UsageQuery]) -> list[UsageRo
     start = filters.start or end - timedelta(days=30)
     events = events.filter(created_at__gte=datetime.combine(start, time.min, UTC),
                            created_at__lt=datetime.combine(end + timedelta(days=1), time.min, UTC))  # fmt: skip
-    if filters.user:
-        events = events.filter(user__username=filters.user)
-    if filters.model:
-        events = events.filter(model=filters.model)
-    if filters.group:
-        group = get_object_or_404(Group, name=filters.group)
+    # PostgreSQL text cannot hold NUL (a DataError, so a 500): no name contains one anyway.
+    user, model, group_name = (
+        v.replace("\x00", "") if v else v for v in (filters.user, filters.model, filters.group)
+    )
+    if user:
+        events = events.filter(user__username=user)
+    if model:
+        events = events.filter(model=model)
+    if group_name:
+        group = get_object_or_404(Group, name=group_name)
         events = events.filter(user__groups=group)
     field = {"day": "day", "model": "model", "user": "user__username", "key": "key__name"}[filters.group_by]
     if filters.group_by == "day":

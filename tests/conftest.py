@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,6 +30,23 @@ def _clean_redis() -> None:
         import redis
 
         redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _loopback_upstreams() -> Iterator[None]:
+    """The fake upstreams listen on 127.0.0.1: allow loopback provider URLs (the SSRF guard refuses
+    them by default), here and in the server processes that tests start."""
+    from django.test import override_settings
+
+    allowed = "127.0.0.0/8,::1/128"
+    previous = os.environ.get("GATEWAY_UPSTREAM_ALLOWED_NETWORKS")
+    os.environ["GATEWAY_UPSTREAM_ALLOWED_NETWORKS"] = allowed
+    with override_settings(GATEWAY_UPSTREAM_ALLOWED_NETWORKS=allowed.split(",")):
+        yield
+    if previous is None:
+        del os.environ["GATEWAY_UPSTREAM_ALLOWED_NETWORKS"]
+    else:
+        os.environ["GATEWAY_UPSTREAM_ALLOWED_NETWORKS"] = previous
 
 
 @pytest.fixture

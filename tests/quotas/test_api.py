@@ -23,9 +23,9 @@ def test_non_staff_are_refused(alice: User) -> None:
     client = Client()
     assert client.get("/api/quotas/rules").status_code == 401
     client.force_login(alice)
-    assert client.get("/api/quotas/rules").status_code == 401
+    assert client.get("/api/quotas/rules").status_code == 403
     _, key = key_issue(name="k", user=alice)
-    assert Client().get("/api/quotas/rules", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 401
+    assert Client().get("/api/quotas/rules", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 403
 
 
 def test_a_staff_key_manages_rules_and_reads_usage(staff: User, alice: User) -> None:
