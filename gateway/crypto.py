@@ -2,7 +2,7 @@
 
 The keys come from CREDENTIALS_KEYS (comma-separated Fernet keys, newest first). Unset, one key is
 derived from SECRET_KEY, so a development install needs no extra setting. Rotating: put the new key
-first, run `manage.py credentials_rotate`, then drop the old key.
+first (keeping the old ones after it), run `manage.py credentials_rotate`, then drop the old key.
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ def decrypt(token: str) -> str:
 
 
 def rotate(token: str) -> str:
-    """Re-encrypt ``token`` under the newest key."""
-    return _fernet().rotate(token.encode()).decode()
+    """Re-encrypt ``token`` under the newest key. Raises ValueError when no configured key opens it."""
+    try:
+        return _fernet().rotate(token.encode()).decode()
+    except InvalidToken as exc:
+        raise ValueError("credential cannot be decrypted with the configured CREDENTIALS_KEYS") from exc
 
 
 def reset_cache() -> None:
