@@ -7,7 +7,6 @@ server work the same), torn down by the ASGI lifespan shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 import weakref
@@ -86,11 +85,7 @@ class GatewayState:
     def start(self) -> None:
         self.flusher.start()
         if self.poller is None:
-            # A fresh context: started from a Django view, the task would otherwise inherit that
-            # request's sync_to_async executor, which dies with the request.
-            self.poller = self.loop.create_task(
-                self._poll(), name="gateway-config-poller", context=contextvars.Context()
-            )
+            self.poller = self.loop.create_task(self._poll(), name="gateway-config-poller")
 
     async def close(self) -> None:
         if self.poller is not None:

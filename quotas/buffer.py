@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import uuid
 from typing import Any
@@ -108,10 +107,7 @@ class Flusher:
 
     def start(self) -> None:
         if self.task is None:
-            # A fresh context, for the same reason as the gateway's config poller.
-            self.task = asyncio.get_running_loop().create_task(
-                self._run(), name="usage-flusher", context=contextvars.Context()
-            )
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
 
     async def _run(self) -> None:
         while not self.stopping:
