@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -235,7 +234,7 @@ async def list_models(state: GatewayState, call: Call, send: Send, only: str | N
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one proxy request."""
-    request_id = f"req_{uuid.uuid4().hex}"
+    request_id = logs.new_request_id()
     log_token = logs.request_id.set(request_id)
     sink = ASGISink(send)
     path, method = scope["path"], scope["method"]

@@ -29,12 +29,13 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.middleware import HtmxDetails
 
 from config.db import adb
+from config.logs import new_request_id
 from gateway import routing
 from gateway.catalog import Principal, Snapshot, load_snapshot, principal_for_user
 from gateway.errors import GatewayError
 from portal.markdown import render as render_markdown
 from portal.models import Conversation, Message
-from portal.streaming import Outcome, Turn, new_request_id, relay, sse
+from portal.streaming import Outcome, Turn, relay, sse
 from quotas.reports import usage_for_user
 
 MAX_MESSAGE_CHARS = 100_000

@@ -22,9 +22,10 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 
 from config.db import adb
+from config.logs import new_request_id
 from gateway.catalog import principal_for_user
 from portal.chat import user_models
-from portal.streaming import Outcome, Turn, new_request_id, relay, sse
+from portal.streaming import Outcome, Turn, relay, sse
 
 PANELS = 3
 MAX_MESSAGES = 50

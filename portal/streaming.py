@@ -17,7 +17,6 @@ import asyncio
 import contextvars
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,11 +34,6 @@ logger = logging.getLogger(__name__)
 _EVENT_END = (b"\n\n", b"\r\n\r\n")
 # Proxies close idle connections (nginx after 60 s by default): a comment line keeps the stream alive.
 HEARTBEAT_SECONDS = 15.0
-
-
-def new_request_id() -> str:
-    """A request id in the gateway's format (``req_`` + 32 hex digits, as gateway.asgi makes them)."""
-    return f"req_{uuid.uuid4().hex}"
 
 
 def gateway_state() -> GatewayState:

@@ -6,8 +6,9 @@ import asyncio
 
 import orjson
 
+from config.logs import new_request_id
 from gateway.errors import GatewayError
-from portal.streaming import DeltaSink, friendly_error, new_request_id
+from portal.streaming import DeltaSink, friendly_error
 
 
 def chunk(text: str) -> bytes:
