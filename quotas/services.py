@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Any
 
 from config import metrics
@@ -16,7 +17,11 @@ from quotas.rebuild import counters_rebuild
 
 logger = logging.getLogger(__name__)
 
-_rebuild_lock: asyncio.Lock | None = None
+# One lock per event loop: an asyncio.Lock belongs to the loop that first waits on it, and a loop
+# that ends while holding it (a transient loop of a sync caller) must not block the others.
+_rebuild_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 _local = LocalLimiter()
 
 
@@ -68,10 +73,8 @@ async def _admit(state: Any, counters: list[Counter]) -> None:
 
 
 async def _rebuild_once() -> None:
-    global _rebuild_lock
-    if _rebuild_lock is None:
-        _rebuild_lock = asyncio.Lock()
-    async with _rebuild_lock:
+    lock = _rebuild_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
         count = await adb(counters_rebuild)
         logger.warning("quota counters were missing in Redis: rebuilt %d from the ledger", count)
 

@@ -1,0 +1,42 @@
+"""Per-process asyncio state is per event loop.
+
+The in-process test client and every sync caller run async views in a transient loop
+(``asyncio.run`` via asgiref). An asyncio.Lock shared by all loops belongs to the first loop that
+waits on it; a loop that ends while holding it left every later admission that needed a counter
+rebuild waiting forever (a hung CI run), or failing with "bound to a different event loop".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+
+def test_a_loop_that_ended_holding_the_rebuild_lock_blocks_no_other(monkeypatch: Any) -> None:
+    """The counters' rebuild lock is per loop: a loop abandoned mid-rebuild never hangs another."""
+    from quotas import services
+
+    release = threading.Event()
+    calls: list[int] = []
+
+    def rebuild() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(10)
+        return 0
+
+    monkeypatch.setattr(services, "counters_rebuild", rebuild)
+    abandoned = asyncio.new_event_loop()
+    abandoned.create_task(services._rebuild_once())
+    abandoned.run_until_complete(asyncio.sleep(0.05))  # the task holds the lock, rebuilding
+    abandoned.close()
+    release.set()
+    done: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: done.append(asyncio.run(asyncio.wait_for(services._rebuild_once(), 5)) is None),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(10)
+    assert done == [True] and len(calls) == 2
