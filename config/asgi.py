@@ -16,9 +16,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from config import lifespan  # noqa: E402
+from config import lifespan, tracing  # noqa: E402
 from gateway import asgi as gateway_asgi  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
+
+tracing.setup()  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT or TRACING_ENABLED asks for it
 
 websocket_app = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from config import logs, metrics
+from config import logs, metrics, tracing
 from gateway import edge_anthropic, edge_gemini, entra, idempotency, keyevents, ssrf
 from gateway.catalog import Principal
 from gateway.errors import GatewayError
@@ -60,10 +60,11 @@ class ASGISink:
     def __init__(self, send: Send) -> None:
         self._send = send
         self.started = False
+        self.status = 0
         self.finished = False
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
+        self.started, self.status = True, status
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def send(self, chunk: bytes, *, more: bool) -> None:
@@ -236,6 +237,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one proxy request."""
     request_id = logs.new_request_id()
     log_token = logs.request_id.set(request_id)
+    traced = tracing.request_start(scope, request_id)  # None unless tracing is on
     sink = ASGISink(send)
     path, method = scope["path"], scope["method"]
     state = get_state()
@@ -307,6 +309,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             GatewayError(500, "The gateway failed to handle the request.", code="internal_error"), request_id
         )
     finally:
+        tracing.request_end(traced, sink.status, call)
         logs.request_id.reset(log_token)
 
 

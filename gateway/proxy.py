@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from config import logs, metrics
+from config import logs, metrics, tracing
 from gateway import routing, tokens
 from gateway.catalog import DeploymentInfo, ModelInfo, Principal, Snapshot
 from gateway.errors import GatewayError
@@ -178,17 +178,18 @@ async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
     try:
         sink = await logs.content_sink(call, sink)  # bodies of LOG_CONTENT_GROUPS members only
         snapshot = await state.get_snapshot()
-        call.model = resolve_model(snapshot, call.principal, call.body.get("model"))
-        if snapshot.rules:
-            demand = demand_for(call, call.model, snapshot.rules)
-            reservation = await usage_admit(
-                state=state,
-                rules=snapshot.rules,
-                principal=call.principal,
-                model=call.model.name,
-                demand=demand,
-            )
-            call.extra_headers += reservation.headers
+        with tracing.span("admission"):
+            call.model = resolve_model(snapshot, call.principal, call.body.get("model"))
+            if snapshot.rules:
+                demand = demand_for(call, call.model, snapshot.rules)
+                reservation = await usage_admit(
+                    state=state,
+                    rules=snapshot.rules,
+                    principal=call.principal,
+                    model=call.model.name,
+                    demand=demand,
+                )
+                call.extra_headers += reservation.headers
         call.counted = True
         await _serve(state, call, sink)
         call.status = call.status or 200
@@ -204,7 +205,8 @@ async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
         # now may cut the settlement short (shutdown waits for it before the last flush).
         event = call.event()
         metrics.call_finished(call, event)
-        await asyncio.shield(state.spawn(usage_settle(state=state, reservation=reservation, event=event)))
+        settle = usage_settle(state=state, reservation=reservation, event=event)
+        await asyncio.shield(state.spawn(tracing.traced("settlement", settle)))
 
 
 async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
@@ -244,7 +246,8 @@ async def _serve(state: GatewayState, call: Call, sink: Sink) -> None:
         try:
             # The total timeout covers the whole call; before the first byte a timeout moves on.
             async with asyncio.timeout(dep.total_timeout):
-                outcome = await _attempt(state, call, sink, adapter, dep, request, stream, strip_usage)
+                attempt = _attempt(state, call, sink, adapter, dep, request, stream, strip_usage)
+                outcome = await tracing.upstream(call, dep, tried, attempt)
         except TimeoutError:
             if sink.started:  # mid-stream: the client has a truncated answer, accounted as such
                 call.status, call.error_kind = 504, "upstream_timeout_mid_stream"
@@ -302,6 +305,7 @@ class AttemptFailed(GatewayError):
     """An attempt that failed before anything reached the client; `kind` decides whether to move on."""
 
     kind: ErrorKind = ErrorKind.SERVER
+    upstream_status = 0  # the provider's HTTP status, when it answered (for tracing)
 
 
 def _failed(error: GatewayError, kind: ErrorKind) -> AttemptFailed:
@@ -365,7 +369,9 @@ async def _attempt(
         if upstream.status_code >= 400:
             error_body = await _read_bounded(upstream)
             error, kind = adapter.error_for(upstream.status_code, error_body, upstream.headers, dep)
-            return _failed(error, kind)
+            failed = _failed(error, kind)
+            failed.upstream_status = upstream.status_code
+            return failed
         if stream and not adapter.passthrough:
             await _relay_stream(
                 call, upstream, body, sink, adapter.stream_decoder(call.endpoint, dep, call, strip_usage)
