@@ -150,12 +150,18 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 # The maintenance beat (`celery -A config beat`, or `worker -B` in `manage.py serve`). Each task is
-# idempotent and safe on several workers at once (the usage drain holds a Redis lock).
+# idempotent and safe on several workers at once (the usage drain holds a Redis lock, the rollup heal
+# a PostgreSQL advisory lock, alert sending a row lock; the counter purge is one conditional DELETE).
 CELERY_BEAT_SCHEDULE = {
     "usage-drain": {"task": "quotas.usage_drain", "schedule": 60.0, "options": {"queue": "maintenance"}},
     "keys-expired": {"task": "portal.audit_expired_keys", "schedule": 300.0, "options": {"queue": "maintenance"}},
     "transcription-retention": {
         "task": "transcription.purge_expired", "schedule": 3600.0, "options": {"queue": "maintenance"},
+    },
+    "quota-alerts-resend": {"task": "quotas.alerts_resend", "schedule": 600.0, "options": {"queue": "maintenance"}},
+    "quota-counters-purge": {"task": "quotas.counters_purge", "schedule": 3600.0, "options": {"queue": "maintenance"}},
+    "usage-rollups-heal": {
+        "task": "quotas.rollups_heal", "schedule": 86400.0, "kwargs": {"days": 2}, "options": {"queue": "maintenance"},
     },
 }  # fmt: skip
 CELERY_BEAT_SCHEDULE_FILENAME = (DATA_DIR / "celery" / "beat-schedule").as_posix()

@@ -1,4 +1,5 @@
-"""Declarative configuration: load providers, models, prices, groups, users and apps from YAML.
+"""Declarative configuration: load providers, models, prices, groups, users, apps, quota rules and
+the prompt library from YAML (what ``manage.py config_export`` writes).
 
 `config_sync` is idempotent (a second run changes nothing) and with ``prune`` removes the
 providers, models, deployments and apps that the file no longer names. Users and groups are never
@@ -15,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
+from gateway import crypto
 from gateway.models import CatalogModel, DataPolicy, Deployment, Provider, ProviderKind
 from gateway.ssrf import upstream_problem
 from portal.models import App
@@ -99,7 +101,30 @@ def config_sync(*, data: dict[str, Any], prune: bool = False) -> SyncReport:
         from quotas.sync import quotas_sync
 
         quotas_sync(items=data.get("quotas") or [], report=report, prune=prune)
+    if data.get("prompts"):
+        _sync_prompts(data["prompts"], report)
     return report
+
+
+def _sync_prompts(library: Any, report: SyncReport) -> None:
+    """The `prompts:` section: a prompt library export (prompts_export), imported by prompt uuid.
+
+    Never pruned: the library holds people's own prompts, not only configuration.
+    """
+    from django.core.exceptions import ValidationError
+
+    from prompts.services import prompts_import
+
+    try:
+        counts = prompts_import(data=library)
+    except (ValidationError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise SyncError(f"prompts: {exc}") from None
+    if counts["created"]:
+        report.created.append(f"{counts['created']} prompt(s)")
+    if counts["updated"]:
+        report.updated.append(f"{counts['updated']} prompt(s)")
+    if counts["versions"]:
+        report.created.append(f"{counts['versions']} prompt version(s)")
 
 
 def _group(name: str, report: SyncReport) -> Group:
@@ -144,12 +169,17 @@ def _sync_providers(items: list[Any], report: SyncReport) -> dict[str, Provider]
             "kind": spec["kind"], "base_url": spec["base_url"], "api_key_env": spec.get("api_key_env", ""),
             "api_version": str(spec.get("api_version", "")), "region": spec.get("region", ""),
             "enabled": bool(spec.get("enabled", True)), "timeout_seconds": float(spec.get("timeout", 600)),
-            "connect_timeout_seconds": float(spec.get("connect_timeout", 10)), "extra_headers": spec.get("headers") or {},
+            "connect_timeout_seconds": float(spec.get("connect_timeout", 10)),
             "flags": list(spec.get("flags") or []),
             "options": {**(spec.get("options") or {}), **{k: spec[k] for k in OPTION_KEYS if k in spec}},
         }  # fmt: skip
+        if "headers" in spec or created:
+            values["extra_headers"] = spec.get("headers") or {}
+        # An absent `api_key` keeps the stored one (an export never holds credentials, so importing
+        # it must not wipe them); `api_key: ""` or `api_key: null` clears it. `headers` likewise.
         wanted_key = str(spec.get("api_key") or "")
-        if (provider.credential() if provider.api_key_encrypted else "") != wanted_key:
+        stored_key = crypto.decrypt(provider.api_key_encrypted) if provider.api_key_encrypted else ""
+        if "api_key" in spec and stored_key != wanted_key:
             provider.set_api_key(wanted_key)
             if not created:
                 report.updated.append(f"provider {spec['name']} credential")

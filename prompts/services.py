@@ -7,6 +7,7 @@ in-process prompt cache (``gateway.generation.bump`` runs from the model signals
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -310,10 +311,14 @@ def prompts_import(*, data: dict[str, Any] | str, actor: Any = None) -> dict[str
                 continue
             _check_template(v.get("system", ""), v.get("user", ""))
             author = users.objects.filter(username=v.get("author")).first() if v.get("author") else None
-            PromptVersion.objects.create(prompt=prompt, number=v["number"], system=v.get("system", ""),
-                                         user_template=v.get("user", ""), model=v.get("model", ""),
-                                         params=_check_params(v.get("params")), message=v.get("message", "")[:300],
-                                         author=author)  # fmt: skip
+            version = PromptVersion.objects.create(prompt=prompt, number=v["number"], system=v.get("system", ""),
+                                                   user_template=v.get("user", ""), model=v.get("model", ""),
+                                                   params=_check_params(v.get("params")),
+                                                   message=v.get("message", "")[:300], author=author)  # fmt: skip
+            if v.get("created_at"):  # keep the version's history (auto_now_add set it to now)
+                PromptVersion.objects.filter(pk=version.pk).update(
+                    created_at=datetime.fromisoformat(v["created_at"])
+                )
             counts["versions"] += 1
         wanted = item.get("published_version")
         published = prompt.versions.filter(number=wanted).first() if wanted else None

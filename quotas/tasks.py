@@ -8,16 +8,9 @@ from celery import shared_task
 @shared_task(name="quotas.alert_notify", autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def quota_alert_notify(alert_id: int) -> None:
     """Send the notifications of one soft-limit warning (idempotent: sent ones are skipped)."""
-    from quotas.alerts import alert_notify
-    from quotas.models import QuotaAlert
+    from quotas.maintenance import alert_deliver
 
-    alert = (
-        QuotaAlert.objects.select_related("rule", "user")
-        .filter(pk=alert_id, notified_at__isnull=True)
-        .first()
-    )
-    if alert is not None:
-        alert_notify(alert=alert)
+    alert_deliver(alert_id=alert_id)
 
 
 @shared_task(name="quotas.usage_drain", ignore_result=True)
@@ -31,3 +24,27 @@ def usage_drain() -> int:
     from quotas.buffer import drain_once
 
     return drain_once()
+
+
+@shared_task(name="quotas.rollups_heal", ignore_result=True)
+def rollups_heal(days: int = 2) -> int | None:
+    """Re-derive the dashboard rollups of the last ``days`` closed days from the ledger (one worker at a time)."""
+    from quotas import maintenance
+
+    return maintenance.rollups_heal(days=days)
+
+
+@shared_task(name="quotas.counters_purge", ignore_result=True)
+def counters_purge() -> int:
+    """Delete the database quota counters of ended windows (windows reset by themselves)."""
+    from quotas import maintenance
+
+    return maintenance.counters_purge()
+
+
+@shared_task(name="quotas.alerts_resend", ignore_result=True)
+def alerts_resend() -> int:
+    """Send the soft-limit warnings of open windows whose notification never went out."""
+    from quotas import maintenance
+
+    return maintenance.alerts_resend()

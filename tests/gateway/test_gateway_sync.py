@@ -62,7 +62,7 @@ def test_prune_removes_what_the_file_no_longer_names(tmp_path: Path) -> None:
     out = _sync(tmp_path, smaller, "--prune")
     assert "deleted provider azure-eu" in out and "deleted model gpt-4o-mini" in out
     assert list(Provider.objects.values_list("name", flat=True)) == ["local"]
-    assert Provider.objects.get().credential() == ""
+    assert Provider.objects.get().credential() == "sk-x"  # a file without api_key keeps the stored one
     assert User.objects.filter(username="alice").exists()  # users are never pruned
 
 
@@ -100,3 +100,41 @@ def test_quotas_are_part_of_the_file(tmp_path: Path) -> None:
     assert QuotaRule.objects.get(metric="requests").limit == 50
     _sync(tmp_path, FILE, "--prune")
     assert not QuotaRule.objects.exists()
+
+
+def test_an_absent_api_key_keeps_the_stored_credential_and_an_empty_one_clears_it(tmp_path: Path) -> None:
+    with_secrets = FILE.replace("api_key: sk-x}", "api_key: sk-x, headers: {Authorization: Bearer h}}")
+    _sync(tmp_path, with_secrets)
+    without = FILE.replace(", api_key: sk-x}", "}")
+    assert _sync(tmp_path, without).strip() == "no changes"  # what an export (no credentials) re-imports
+    local = Provider.objects.get(name="local")
+    assert local.credential() == "sk-x" and local.extra_headers == {"Authorization": "Bearer h"}
+    out = _sync(tmp_path, FILE.replace("api_key: sk-x}", "api_key: sk-y}"))
+    assert "updated provider local credential" in out
+    assert Provider.objects.get(name="local").credential() == "sk-y"
+    for cleared in ('api_key: ""', "api_key: null"):
+        _sync(tmp_path, with_secrets)
+        out = _sync(tmp_path, FILE.replace("api_key: sk-x}", f"{cleared}, headers: {{}}}}"))
+        assert "updated provider local credential" in out and "updated provider local" in out.splitlines()
+        local = Provider.objects.get(name="local")
+        assert local.credential() == "" and local.api_key_encrypted == "" and local.extra_headers == {}
+
+
+def test_the_prompts_section_loads_a_prompt_library_export(tmp_path: Path) -> None:
+    from prompts.models import Prompt
+
+    library = """prompts:
+  format: llm-control.prompts/1
+  prompts:
+    - uuid: 3f0c1d2e-0000-4000-8000-000000000001
+      title: Summarise
+      scope: company
+      published_version: 1
+      versions: [{number: 1, user: "Summarise: {{text}}", created_at: "2026-01-02T03:04:05+00:00"}]
+"""
+    out = _sync(tmp_path, FILE + library)
+    assert "created 1 prompt(s)" in out and "created 1 prompt version(s)" in out
+    prompt = Prompt.objects.get(title="Summarise")
+    assert prompt.published_version is not None and prompt.published_version.created_at.year == 2026
+    assert prompt.published_version.created_at.isoformat() == "2026-01-02T03:04:05+00:00"
+    assert _sync(tmp_path, FILE + library).strip() == "no changes"

@@ -12,7 +12,10 @@ from gateway.sync import SyncError, config_sync
 
 
 class Command(BaseCommand):
-    help = "Make providers, models, prices, deployments, groups, users, apps (and quotas) match a YAML file."
+    help = (
+        "Make providers, models, prices, deployments, groups, users, apps, quotas and prompts match a YAML file "
+        "(an absent api_key keeps the stored credential)."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("file", type=Path)
