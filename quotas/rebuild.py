@@ -66,30 +66,50 @@ def compute_counters(
     return totals
 
 
-def counters_rebuild(now: float | None = None) -> int:
-    """Replace the live counters of the current windows by the ledger's sums; return how many."""
+def counters_rebuild(now: float | None = None, *, force: bool = False) -> int:
+    """Replace the live counters of the current windows by the ledger's sums; return how many.
+
+    On Redis, only while the counters are missing (no ready marker) unless ``force``: every
+    process that finds them missing calls this, and a second rebuild after the first would wipe
+    the reservations admitted in between, letting concurrent requests past a limit. The marker
+    is watched, so of several concurrent rebuilds exactly one is applied; the others return 0.
+    """
     from quotas.engine import Counter
 
-    totals = compute_counters(now)
-    if settings.REDIS_URL:
-        import redis
+    if not settings.REDIS_URL:
+        return _db_rebuild(compute_counters(now))
+    import redis
 
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-        try:
-            pipe = client.pipeline(transaction=False)
-            for (_, subject, bucket), (rule, used, end) in totals.items():
-                counter = Counter(rule=rule, subject=subject, bucket=bucket, end=end, reserved=0)
-                pipe.set(counter.redis_key, repr(used))
-                if counter.ttl:
-                    pipe.expire(counter.redis_key, counter.ttl)
-            pipe.set(READY_KEY, "1")
-            pipe.execute()
-        finally:
-            client.close()
-    else:
-        with transaction.atomic():
-            for (rule_id, subject, bucket), (_, used, _) in totals.items():
-                QuotaCounter.objects.update_or_create(
-                    rule_id=rule_id, subject=subject, bucket=bucket, defaults={"used": Decimal(repr(used))}
-                )
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    try:
+        if not force and client.exists(READY_KEY):
+            return 0
+        totals = compute_counters(now)
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                if not force:
+                    pipe.watch(READY_KEY)
+                    if pipe.exists(READY_KEY):
+                        return 0
+                pipe.multi()
+                for (_, subject, bucket), (rule, used, end) in totals.items():
+                    counter = Counter(rule=rule, subject=subject, bucket=bucket, end=end, reserved=0)
+                    pipe.set(counter.redis_key, repr(used))
+                    if counter.ttl:
+                        pipe.expire(counter.redis_key, counter.ttl)
+                pipe.set(READY_KEY, "1")
+                pipe.execute()
+            except redis.WatchError:  # another process rebuilt them first
+                return 0
+    finally:
+        client.close()
+    return len(totals)
+
+
+def _db_rebuild(totals: dict[tuple[int, str, int], tuple[RuleInfo, float, int | None]]) -> int:
+    with transaction.atomic():
+        for (rule_id, subject, bucket), (_, used, _) in totals.items():
+            QuotaCounter.objects.update_or_create(
+                rule_id=rule_id, subject=subject, bucket=bucket, defaults={"used": Decimal(repr(used))}
+            )
     return len(totals)

@@ -76,7 +76,10 @@ async def _rebuild_once() -> None:
     lock = _rebuild_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
     async with lock:
         count = await adb(counters_rebuild)
-        logger.warning("quota counters were missing in Redis: rebuilt %d from the ledger", count)
+        logger.warning(
+            "quota counters were missing in Redis: %d rebuilt from the ledger here (0: another process did it)",
+            count,
+        )
 
 
 def actual_of(metric: str, event: dict[str, Any]) -> float:

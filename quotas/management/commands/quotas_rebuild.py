@@ -13,5 +13,5 @@ class Command(BaseCommand):
     help = "Rebuild the quota counters (Redis or database) of the current windows from the usage ledger."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        count = counters_rebuild()
+        count = counters_rebuild(force=True)
         self.stdout.write(f"rebuilt {count} counters from the ledger")
