@@ -382,6 +382,14 @@ async def _attempt(
             return None
         await _relay_body(call, upstream, body, sink, adapter, dep)
         return None
+    except httpx.TransportError as exc:
+        if sink.started:
+            raise
+        # A body (answer or error) that broke off or stalled before anything reached the client:
+        # as if no answer had come, so the next deployment is tried.
+        error = transport_error(exc)
+        logger.warning("upstream %s failed mid-body: %s", dep.name, error.code)
+        return _failed(error, ErrorKind.TIMEOUT if error.status == 504 else ErrorKind.CONNECTION)
     finally:
         await upstream.aclose()
 
