@@ -15,17 +15,24 @@ from typing import Any, TypeVar
 
 import httpx
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from config import lifespan
 from config.db import adb
 from gateway import generation, keys, routing
 from gateway.catalog import Principal, Snapshot, load_key, load_snapshot
 from gateway.entra import EntraTokens
-from quotas.buffer import Flusher, MemoryBuffer, RedisBuffer
+from gateway.errors import GatewayError
+from quotas.buffer import UNREACHABLE, Flusher, MemoryBuffer, RedisBuffer
 
 logger = logging.getLogger(__name__)
 
 NEGATIVE_TTL = 5.0
+# After a failed database read, serve what is cached for this long before trying again, so an
+# outage costs the hot path one failed connection per second rather than one per request.
+DB_RETRY_SECONDS = 1.0
+# What a closed or unreachable database raises (not query errors, which are bugs to surface).
+DB_UNREACHABLE = (OperationalError, InterfaceError)
 T = TypeVar("T")
 
 
@@ -72,6 +79,7 @@ class GatewayState:
         self.snapshot_lock = asyncio.Lock()
         self.keys: dict[str, tuple[Principal | None, float]] = {}
         self.generation: int | None = None
+        self.db_retry_at = 0.0  # monotonic time before which a database read is not retried
         self.poller: asyncio.Task[None] | None = None
         self.pending: set[asyncio.Task[Any]] = set()
 
@@ -116,37 +124,74 @@ class GatewayState:
                     await routing.health_publish(self.redis)
                 current = await self.read_generation()
                 if current != self.generation:
+                    # Loaded before anything is dropped: with the database away, the cached keys
+                    # and catalogue keep serving, and the change is applied once it is back.
+                    snapshot = await adb(load_snapshot)
                     self.generation = current
                     self.keys.clear()
                     self.entra.forget()
-                    self.snapshot = await adb(load_snapshot)
+                    self.snapshot = snapshot
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as exc:
+                logger.warning("config poll failed (%s); keeping the cached state", type(exc).__name__)
             except Exception:
                 logger.exception("config poll failed; keeping the cached state")
 
     # --- cached reads -------------------------------------------------------------------------
+    def _db_resting(self) -> bool:
+        """Whether a database read failed less than DB_RETRY_SECONDS ago."""
+        return time.monotonic() < self.db_retry_at
+
+    def _db_failed(self, what: str) -> GatewayError:
+        if not self._db_resting():
+            logger.warning("database unreachable: serving cached %s", what)
+        self.db_retry_at = time.monotonic() + DB_RETRY_SECONDS
+        return GatewayError(
+            503, "The gateway's database is unreachable right now; try again shortly.",
+            code="database_unavailable", type="service_unavailable",
+        )  # fmt: skip
+
     async def get_snapshot(self) -> Snapshot:
+        """The catalogue; a stale one while the database is unreachable (a 503 if there is none)."""
         snap = self.snapshot
-        if snap is not None and time.time() - snap.loaded_at < settings.GATEWAY_CACHE_TTL:
+        if snap is not None and (
+            time.time() - snap.loaded_at < settings.GATEWAY_CACHE_TTL or self._db_resting()
+        ):
             return snap
         async with self.snapshot_lock:
             if self.snapshot is None or time.time() - self.snapshot.loaded_at >= settings.GATEWAY_CACHE_TTL:
-                if self.generation is None:
-                    self.generation = await self.read_generation()
-                self.snapshot = await adb(load_snapshot)
+                try:
+                    if self.generation is None:
+                        self.generation = await self.read_generation()
+                    self.snapshot = await adb(load_snapshot)
+                except DB_UNREACHABLE:
+                    error = self._db_failed("catalogue")
+                    if self.snapshot is None:
+                        raise error from None
             return self.snapshot
 
     async def principal_for_key(self, plaintext: str) -> Principal | None:
-        """The key's principal, from the cache when warm. None for an unknown key."""
+        """The key's principal, from the cache when warm. None for an unknown key.
+
+        While the database is unreachable, a key validated before keeps its cached principal
+        (revoked and expired keys stay refused; a revocation made meanwhile applies once the
+        database is back); a key not seen before gets a 503.
+        """
         if not keys.well_formed(plaintext):
             return None
         digest = keys.digest(plaintext)
         now = time.monotonic()
         hit = self.keys.get(digest)
-        if hit is not None and hit[1] > now:
+        if hit is not None and (hit[1] > now or (hit[0] is not None and self._db_resting())):
             return hit[0]
-        principal = await adb(load_key, digest)
+        try:
+            principal = await adb(load_key, digest)
+        except DB_UNREACHABLE:
+            error = self._db_failed("keys")
+            if hit is None or hit[0] is None:
+                raise error from None
+            return hit[0]
         ttl = settings.GATEWAY_CACHE_TTL if principal is not None else NEGATIVE_TTL
         self.keys[digest] = (principal, now + ttl)
         return principal

@@ -15,12 +15,22 @@ import uuid
 from typing import Any
 
 import orjson
+import redis.exceptions
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from config.db import adb
 from quotas.ledger import events_write
 
 logger = logging.getLogger(__name__)
+
+# A server away (restarting, unreachable): expected during an outage, logged without a traceback.
+UNREACHABLE = (
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 REDIS_LIST = "usage:{buffer}:events"
 REDIS_LOCK = "usage:{buffer}:drain-lock"
@@ -49,10 +59,15 @@ class MemoryBuffer:
             return 0
         try:
             return await adb(events_write, events=batch)
-        except Exception:
+        except Exception as exc:
             # Keep them for the next attempt: the database may be restarting.
             self.pending[:0] = batch
-            logger.exception("usage flush failed; %d events kept for retry", len(batch))
+            if isinstance(exc, UNREACHABLE):
+                logger.warning(
+                    "usage flush failed (%s); %d events kept for retry", type(exc).__name__, len(batch)
+                )
+            else:
+                logger.exception("usage flush failed; %d events kept for retry", len(batch))
             return 0
 
 
@@ -62,6 +77,9 @@ class RedisBuffer:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.fallback = MemoryBuffer()
+        # A drain lock we could not release (Redis went away mid-drain): released at the next flush,
+        # or an AOF Redis would keep every drainer out until the lock expires.
+        self.unreleased: str | None = None
 
     async def put(self, event: dict[str, Any]) -> None:
         try:
@@ -72,6 +90,10 @@ class RedisBuffer:
 
     async def flush(self) -> int:
         written = await self.fallback.flush()
+        if self.unreleased is not None:
+            with contextlib.suppress(Exception):
+                await self.client.eval(_UNLOCK, 1, REDIS_LOCK, self.unreleased)
+                self.unreleased = None
         token = uuid.uuid4().hex
         try:
             # Inside the try: a cancel right after SET still releases the lock below.
@@ -88,11 +110,15 @@ class RedisBuffer:
                 await self.client.ltrim(REDIS_LIST, len(raw), -1)
                 if len(raw) < settings.USAGE_FLUSH_BATCH:
                     break
+        except UNREACHABLE as exc:
+            logger.warning("usage drain failed (%s); events stay in Redis", type(exc).__name__)
         except Exception:
             logger.exception("usage drain failed; events stay in Redis")
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await self.client.eval(_UNLOCK, 1, REDIS_LOCK, token)
+            except Exception:
+                self.unreleased = token
         return written
 
 

@@ -8,6 +8,8 @@ import time
 import weakref
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
+
 from config import metrics
 from config.db import adb
 from gateway.errors import GatewayError
@@ -51,7 +53,12 @@ async def usage_admit(
 
 async def _admit(state: Any, counters: list[Counter]) -> None:
     if state.redis is None:
-        await adb(engine.db_admit, counters)
+        try:
+            await adb(engine.db_admit, counters)
+        except (Refused, GatewayError):
+            raise
+        except (OperationalError, InterfaceError) as exc:  # the database is away: the same policy
+            _unreachable(counters, "the database", exc)
         return
     try:
         try:
@@ -61,15 +68,22 @@ async def _admit(state: Any, counters: list[Counter]) -> None:
             await engine.redis_admit(state.redis, counters)
     except (Refused, GatewayError):
         raise
+    except (OperationalError, InterfaceError) as exc:  # Redis lost its counters and the ledger is away
+        _unreachable(counters, "the database (rebuilding the counters)", exc)
     except Exception as exc:
-        policy = engine.redis_failure_policy(counters)
-        logger.warning("Redis unreachable for admission (%s): failing %s", type(exc).__name__, policy)
-        if policy == "closed":
-            raise GatewayError(
-                503, "Quotas cannot be checked right now (the counter store is unreachable); try again shortly.",
-                code="quota_unavailable", type="service_unavailable",
-            ) from None  # fmt: skip
-        _local.admit(counters)
+        _unreachable(counters, "Redis", exc)
+
+
+def _unreachable(counters: list[Counter], store: str, exc: Exception) -> None:
+    """The counter store is away: rate limits fail open on the local limiter, the rest by policy."""
+    policy = engine.redis_failure_policy(counters)
+    logger.warning("%s unreachable for admission (%s): failing %s", store, type(exc).__name__, policy)
+    if policy == "closed":
+        raise GatewayError(
+            503, "Quotas cannot be checked right now (the counter store is unreachable); try again shortly.",
+            code="quota_unavailable", type="service_unavailable",
+        ) from None  # fmt: skip
+    _local.admit(counters)
 
 
 async def _rebuild_once() -> None:
@@ -109,6 +123,9 @@ async def usage_settle(*, state: Any, reservation: Reservation, event: dict[str,
     if deltas and state.redis is None:
         try:
             await adb(engine.db_settle, deltas)
+        except (OperationalError, InterfaceError) as exc:  # the event itself waits in the buffer
+            logger.warning("database unreachable: counters not settled for %s (%s)", event.get("request_id"),
+                           type(exc).__name__)  # fmt: skip
         except Exception:
             logger.exception("counter settlement failed for %s", event.get("request_id"))
     for item in events:
