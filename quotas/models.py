@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -104,6 +105,11 @@ class SubjectType(models.TextChoices):
     GROUP_MEMBER = "group_member", "each member of a group"
 
 
+# The largest limit: the column has 18 digits, 6 after the point, and SQLite keeps 15 significant
+# digits, so anything above this would read back as 10^12, which the column cannot hold.
+LIMIT_MAX = Decimal(999_999_999_999)
+
+
 class QuotaRule(models.Model):
     """A limit on one metric per window for a key, a user, a group pool or each group member."""
 
@@ -125,7 +131,9 @@ class QuotaRule(models.Model):
     )
     metric = models.CharField(max_length=16, choices=Metric.choices)
     window = models.CharField(max_length=8, choices=Window.choices)
-    limit = models.DecimalField(max_digits=18, decimal_places=6)
+    limit = models.DecimalField(
+        max_digits=18, decimal_places=6, validators=[MinValueValidator(0), MaxValueValidator(LIMIT_MAX)]
+    )
     warn_at_percent = models.PositiveSmallIntegerField(
         null=True,
         blank=True,

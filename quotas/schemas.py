@@ -8,6 +8,8 @@ from decimal import Decimal
 from ninja import Schema
 from pydantic import Field
 
+from quotas.models import LIMIT_MAX
+
 
 class RuleIn(Schema):
     subject: str = Field(
@@ -15,7 +17,7 @@ class RuleIn(Schema):
     )
     metric: str = Field(description="requests, tokens, cost_usd, audio_seconds or images")
     window: str = Field(description="minute, hour, day, month or total")
-    limit: Decimal = Field(ge=0)
+    limit: Decimal = Field(ge=0, le=LIMIT_MAX)
     models: list[str] = Field(default_factory=list, description="model names; empty = every model")
     warn_at: int | None = Field(default=None, ge=1, le=100, description="warn at this percentage")
     name: str = ""
@@ -23,7 +25,7 @@ class RuleIn(Schema):
 
 
 class RulePatch(Schema):
-    limit: Decimal | None = Field(default=None, ge=0)
+    limit: Decimal | None = Field(default=None, ge=0, le=LIMIT_MAX)
     warn_at: int | None = Field(default=None, ge=1, le=100)
     name: str | None = None
     enabled: bool | None = None

@@ -10,7 +10,7 @@ from django.contrib.auth.models import Group
 
 from gateway.models import ApiKey
 from gateway.sync import SyncError, SyncReport
-from quotas.models import Metric, QuotaRule, SubjectType, Window
+from quotas.models import LIMIT_MAX, Metric, QuotaRule, SubjectType, Window
 
 SUBJECT_PREFIXES = {"user": SubjectType.USER, "group": SubjectType.GROUP, "group-member": SubjectType.GROUP_MEMBER,
                     "key": SubjectType.KEY}  # fmt: skip
@@ -51,11 +51,11 @@ def quotas_sync(*, items: list[Any], report: SyncReport, prune: bool) -> None:
         if item["window"] not in Window.values:
             raise SyncError(f"{where}: window must be one of {', '.join(Window.values)}")
         try:
-            limit = Decimal(str(item["limit"]))
+            limit = Decimal(str(item["limit"])).quantize(Decimal("0.000001"))
         except InvalidOperation:
-            raise SyncError(f"{where}: limit must be a number") from None
-        if limit < 0:
-            raise SyncError(f"{where}: limit must not be negative")
+            raise SyncError(f"{where}: limit must be a number from 0 to {LIMIT_MAX:f}") from None
+        if not 0 <= limit <= LIMIT_MAX:
+            raise SyncError(f"{where}: limit must be from 0 to {LIMIT_MAX:f}")
         subject = _subject(item["subject"], where)
         models = sorted(item.get("models") or [])
         identity = {**subject, "metric": item["metric"], "window": item["window"]}
@@ -64,7 +64,7 @@ def quotas_sync(*, items: list[Any], report: SyncReport, prune: bool) -> None:
         )
         created = rule is None
         rule = rule or QuotaRule(**identity, model_names=models)
-        values = {"limit": limit.quantize(Decimal("0.000001")), "warn_at_percent": item.get("warn_at"),
+        values = {"limit": limit, "warn_at_percent": item.get("warn_at"),
                   "name": item.get("name", ""), "enabled": bool(item.get("enabled", True))}  # fmt: skip
         changed = created or any(getattr(rule, k) != v for k, v in values.items())
         for k, v in values.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from io import StringIO
 from pathlib import Path
 
@@ -100,6 +101,21 @@ def test_quotas_are_part_of_the_file(tmp_path: Path) -> None:
     assert QuotaRule.objects.get(metric="requests").limit == 50
     _sync(tmp_path, FILE, "--prune")
     assert not QuotaRule.objects.exists()
+
+
+@pytest.mark.parametrize("limit", ["1e12", "999999999999.5", "-1", "1e400", "lots"])
+def test_a_quota_limit_the_column_cannot_hold_is_refused_and_nothing_is_written(
+    tmp_path: Path, limit: str
+) -> None:
+    """A limit of 10^12 or more would be stored by SQLite and then break every rule load."""
+    from quotas.models import QuotaRule
+
+    text = FILE + f'quotas:\n  - {{subject: "user:alice", metric: tokens, window: month, limit: {limit}}}\n'
+    with pytest.raises(CommandError, match="limit must be"):
+        _sync(tmp_path, text)
+    assert not QuotaRule.objects.exists()
+    _sync(tmp_path, text.replace(f"limit: {limit}", "limit: 999999999999"))
+    assert QuotaRule.objects.get().limit == Decimal(999_999_999_999)
 
 
 def test_an_absent_api_key_keeps_the_stored_credential_and_an_empty_one_clears_it(tmp_path: Path) -> None:

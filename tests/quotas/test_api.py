@@ -45,6 +45,13 @@ def test_a_staff_key_manages_rules_and_reads_usage(staff: User, alice: User) -> 
     bad = client.post("/api/quotas/rules", {"subject": "user:nobody", "metric": "requests", "window": "day", "limit": 1},
                       content_type="application/json", **auth)  # fmt: skip
     assert bad.status_code == 400 and "unknown user" in bad.json()["detail"]
+    for body in ({"subject": "user:alice", "metric": "tokens", "window": "day", "limit": 10**12},):
+        too_big = client.post("/api/quotas/rules", body, content_type="application/json", **auth)
+        assert too_big.status_code == 422, too_big.content
+    too_big = client.patch(
+        f"/api/quotas/rules/{rule_id}", {"limit": 10**12}, content_type="application/json", **auth
+    )
+    assert too_big.status_code == 422 and QuotaRule.objects.get(pk=rule_id).limit == 20
     UsageEvent.objects.create(request_id="x", created_at=datetime.now(tz=UTC), user=alice, endpoint="chat/completions",
                               model="gpt-4o", status=200, prompt_tokens=3, completion_tokens=4)  # fmt: skip
     usage = client.get("/api/quotas/usage?group_by=user", **auth).json()
