@@ -36,8 +36,9 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
+# Not "daphne": its app only replaces `runserver` (we serve with `manage.py serve`), and loading it
+# costs every web process Twisted, about 12 MB. `serve --server daphne` runs daphne's own CLI.
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
