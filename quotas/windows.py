@@ -14,11 +14,24 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+# The last window computed per (window, time zone): every request asks, and it changes rarely.
+_last: dict[tuple[str, str], tuple[int, int]] = {}
+
+
 def bounds(window: str, now: float) -> tuple[int, int | None]:
     """(start, end) of the window holding ``now``, as epoch seconds; end is None for `total`."""
     if window == "total":
         return 0, None
-    moment = datetime.fromtimestamp(now, _zone(settings.QUOTA_TIME_ZONE))
+    zone = settings.QUOTA_TIME_ZONE
+    last = _last.get((window, zone))
+    if last is not None and last[0] <= now < last[1]:
+        return last
+    _last[(window, zone)] = found = _bounds(window, now, zone)
+    return found
+
+
+def _bounds(window: str, now: float, zone: str) -> tuple[int, int]:
+    moment = datetime.fromtimestamp(now, _zone(zone))
     if window == "minute":
         start = moment.replace(second=0, microsecond=0)
         end = start + timedelta(minutes=1)
