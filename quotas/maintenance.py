@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -81,29 +82,19 @@ def alert_deliver(*, alert_id: int) -> bool:
     """
     from quotas.alerts import alert_notify
 
+    def send(alerts: Any) -> bool:
+        alert = alerts.select_related("rule", "user").filter(pk=alert_id, notified_at__isnull=True).first()
+        if alert is None:
+            return False
+        alert_notify(alert=alert)
+        return True
+
     if not connection.features.has_select_for_update:
         # SQLite (embedded: one worker) has no row locks; an IMMEDIATE transaction would hold the
         # database's write lock for the whole e-mail and webhook call.
-        alert = (
-            QuotaAlert.objects.select_related("rule", "user")
-            .filter(pk=alert_id, notified_at__isnull=True)
-            .first()
-        )
-        if alert is None:
-            return False
-        alert_notify(alert=alert)
-        return True
+        return send(QuotaAlert.objects.all())
     with transaction.atomic():
-        alert = (
-            QuotaAlert.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("rule", "user")
-            .filter(pk=alert_id, notified_at__isnull=True)
-            .first()
-        )
-        if alert is None:
-            return False
-        alert_notify(alert=alert)
-        return True
+        return send(QuotaAlert.objects.select_for_update(skip_locked=True, of=("self",)))
 
 
 def alerts_resend(*, older_than: float = 600, limit: int = 500) -> int:
