@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -19,10 +20,29 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from config import lifespan, tracing  # noqa: E402
 from gateway import asgi as gateway_asgi  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
+from portal.streaming import DISCONNECTED  # noqa: E402
 
 tracing.setup()  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT or TRACING_ENABLED asks for it
 
 websocket_app = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
+
+async def _django(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Django, with an event in the scope that is set when the client disconnects.
+
+    Django notices the disconnect (it listens for it) and cancels the view's task, but a streaming
+    response it was sending is then left to the garbage collector; the portal's streams watch this
+    event to stop their upstream call at once (portal.streaming.relay).
+    """
+    left = asyncio.Event()
+
+    async def watched() -> Any:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            left.set()
+        return message
+
+    await django_asgi({**scope, DISCONNECTED: left}, watched, send)
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -32,7 +52,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if gateway_asgi.is_proxy_path(scope["path"]):
             await gateway_asgi.app(scope, receive, send)
         else:
-            await django_asgi(scope, receive, send)
+            await _django(scope, receive, send)
     elif kind == "websocket":
         await websocket_app(scope, receive, send)
     elif kind == "lifespan":

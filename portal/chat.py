@@ -35,7 +35,7 @@ from gateway.catalog import Principal, Snapshot, load_snapshot, principal_for_us
 from gateway.errors import GatewayError
 from portal.markdown import render as render_markdown
 from portal.models import Conversation, Message
-from portal.streaming import Outcome, Turn, relay, sse
+from portal.streaming import Outcome, Turn, client_left, relay, sse
 from quotas.reports import usage_for_user
 
 MAX_MESSAGE_CHARS = 100_000
@@ -512,7 +512,7 @@ async def stream(request: HttpRequest, pk: int, mid: int) -> HttpResponseBase:
     body = {"model": conversation.model, "messages": prompt}
     turn = Turn(principal=principal, body=body, request_id=request_id, on_finish=on_finish)
     turn.start()
-    return _sse_response(relay(turn))
+    return _sse_response(relay(turn, client_left(request)))
 
 
 def _sse_once(payload: dict[str, Any]) -> HttpResponse:

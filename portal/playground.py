@@ -25,7 +25,7 @@ from config.db import adb
 from config.logs import new_request_id
 from gateway.catalog import principal_for_user
 from portal.chat import user_models
-from portal.streaming import Outcome, Turn, relay, sse
+from portal.streaming import Outcome, Turn, client_left, relay, sse
 
 PANELS = 3
 MAX_MESSAGES = 50
@@ -132,7 +132,9 @@ async def run(request: HttpRequest) -> HttpResponseBase:
 
     turn = Turn(principal=principal, body=body, request_id=new_request_id(), on_finish=metrics)
     turn.start()
-    response = StreamingHttpResponse(relay(turn), content_type="text/event-stream; charset=utf-8")
+    response = StreamingHttpResponse(
+        relay(turn, client_left(request)), content_type="text/event-stream; charset=utf-8"
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

@@ -17,7 +17,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -248,9 +248,29 @@ def sse(kind: str, data: Any) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def relay(turn: Turn) -> AsyncIterator[bytes]:
-    """The browser's event stream of ``turn``; closing it (the client left) stops the turn."""
+DISCONNECTED = "llmc.disconnected"  # the scope key of the event config.asgi sets when the client leaves
+
+
+def client_left(request: Any) -> asyncio.Event | None:
+    """The event set when the client of ``request`` disconnects (None outside config.asgi)."""
+    event = getattr(request, "scope", {}).get(DISCONNECTED)
+    return event if isinstance(event, asyncio.Event) else None
+
+
+async def _stop_when(left: asyncio.Event, turn: Turn) -> None:
+    await left.wait()
+    turn.stop()
+
+
+async def relay(turn: Turn, left: asyncio.Event | None = None) -> AsyncGenerator[bytes, None]:
+    """The browser's event stream of ``turn``; the client leaving stops the turn.
+
+    Closing the stream stops it too, but Django does not close a streaming response whose request
+    was cancelled (it only drops it, and the generator's ``finally`` then waits for the garbage
+    collector), so ``left``, the disconnect of the request, stops the turn at once.
+    """
     started = time.perf_counter()
+    watcher = asyncio.ensure_future(_stop_when(left, turn)) if left is not None else None
     try:
         async for kind, data in turn.events(HEARTBEAT_SECONDS):
             if kind == "delta":
@@ -260,4 +280,6 @@ async def relay(turn: Turn) -> AsyncIterator[bytes]:
             else:
                 yield sse("done", {**data, "elapsed_ms": int((time.perf_counter() - started) * 1000)})
     finally:
+        if watcher is not None:
+            watcher.cancel()
         turn.stop()

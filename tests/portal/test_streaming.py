@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 
 from config.logs import new_request_id
 from gateway.errors import GatewayError
-from portal.streaming import DeltaSink, friendly_error
+from portal.streaming import DeltaSink, client_left, friendly_error, relay
 
 
 def chunk(text: str) -> bytes:
@@ -73,3 +74,62 @@ def test_errors_read_as_sentences_for_people() -> None:
 def test_request_ids_look_like_the_gateways() -> None:
     rid = new_request_id()
     assert rid.startswith("req_") and len(rid) == 36 and rid != new_request_id()
+
+
+class EndlessTurn:
+    """A turn that keeps streaming until it is stopped."""
+
+    def __init__(self) -> None:
+        self.stopped = asyncio.Event()
+
+    async def events(self, heartbeat: float) -> Any:
+        while not self.stopped.is_set():
+            yield "delta", "word "
+            await asyncio.sleep(0.01)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def test_the_client_leaving_stops_the_turn_while_its_stream_is_still_held() -> None:
+    """Django drops (does not close) the stream of a cancelled request: the disconnect event stops it."""
+
+    async def run() -> bool:
+        turn, left = EndlessTurn(), asyncio.Event()
+        stream = relay(turn, left)  # type: ignore[arg-type]
+        assert (await anext(stream)).startswith(b"event: delta")
+        left.set()  # the client disconnected; the generator is neither closed nor collected
+        try:
+            await asyncio.wait_for(turn.stopped.wait(), 1)
+        finally:
+            await stream.aclose()
+        return turn.stopped.is_set()
+
+    assert asyncio.run(run())
+
+
+def test_django_requests_carry_an_event_set_when_the_client_disconnects(monkeypatch: Any) -> None:
+    import config.asgi
+
+    seen: list[tuple[bool, bool]] = []
+
+    async def django(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        left = client_left(type("Request", (), {"scope": scope})())
+        assert left is not None
+        await receive()  # the body
+        before = left.is_set()
+        await receive()  # what Django's disconnect listener gets
+        seen.append((before, left.is_set()))
+
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    monkeypatch.setattr(config.asgi, "django_asgi", django)
+    scope = {"type": "http", "path": "/chat/", "method": "POST", "headers": []}
+    asyncio.run(config.asgi.application(scope, receive, send))
+    assert seen == [(False, True)]
