@@ -22,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 from quotas.models import LATENCY_BUCKETS_MS, DailyUsage, Grain, UsageEvent
 
@@ -94,10 +94,11 @@ def events_insert(*, rows: Sequence[UsageEvent]) -> list[UsageEvent]:
     columns = ", ".join(_qn(str(f.column)) for f in fields)
     conflict = f"ON CONFLICT ({_qn('request_id')}) DO NOTHING RETURNING {_qn('request_id')}"
     new: set[str] = set()
-    with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy is a context lookup
+    with db.cursor() as cursor:
         for start in range(0, len(batch), CHUNK):
             chunk = batch[start : start + CHUNK]
-            if connection.vendor == "postgresql":
+            if db.vendor == "postgresql":
                 arrays = [[_pg_value(f, obj) for obj in chunk] for f in fields]
                 casts = ", ".join(
                     f"%s::{'text' if _pg_type(f) == 'jsonb' else _pg_type(f)}[]" for f in fields
@@ -109,9 +110,7 @@ def events_insert(*, rows: Sequence[UsageEvent]) -> list[UsageEvent]:
                 cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {select} FROM unnest({casts}) AS t({names}) "
                                f"{conflict}", arrays)  # fmt: skip
             else:
-                params = [
-                    f.get_db_prep_save(f.pre_save(obj, add=True), connection) for obj in chunk for f in fields
-                ]
+                params = [f.get_db_prep_save(f.pre_save(obj, add=True), db) for obj in chunk for f in fields]
                 placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
                 cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * len(chunk))} {conflict}",
                                params)  # fmt: skip
