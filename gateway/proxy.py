@@ -315,6 +315,11 @@ def _failed(error: GatewayError, kind: ErrorKind) -> AttemptFailed:
     return failed
 
 
+# Headers of every upstream call, under the adapter's own. `identity`: the gateway reads what it
+# relays (usage, token counts), so it never asks for a compressed body.
+UPSTREAM_HEADERS = {"accept": "*/*", "accept-encoding": "identity", "user-agent": "llm-control-gateway"}
+
+
 async def _attempt(
     state: GatewayState,
     call: Call,
@@ -328,16 +333,17 @@ async def _attempt(
     """One upstream call. None when the answer was relayed; the failure (not raised) otherwise."""
     read_timeout = dep.chunk_timeout or dep.total_timeout
     timeout = httpx.Timeout(read_timeout, connect=dep.connect_timeout)
-    http_request = state.http.build_request(request.method, request.url, headers=request.headers, content=request.body,
-                                            timeout=timeout)  # fmt: skip
+    # Straight to the pool (no httpx client: nothing of its cookies, auth or redirects applies).
+    http_request = httpx.Request(request.method, request.url, headers={**UPSTREAM_HEADERS, **request.headers},
+                                 content=request.body, extensions={"timeout": timeout.as_dict()})  # fmt: skip
     started = time.monotonic()
     try:
         if dep.first_byte_timeout:
             upstream = await asyncio.wait_for(
-                state.http.send(http_request, stream=True), dep.first_byte_timeout
+                state.transport.handle_async_request(http_request), dep.first_byte_timeout
             )
         else:
-            upstream = await state.http.send(http_request, stream=True)
+            upstream = await state.transport.handle_async_request(http_request)
     except TimeoutError:
         return _failed(GatewayError(504, "The provider did not start answering in time.", code="upstream_timeout",
                                     type="timeout"), ErrorKind.TIMEOUT)  # fmt: skip
