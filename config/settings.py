@@ -249,6 +249,8 @@ GATEWAY_CACHE_TTL = envfloat("GATEWAY_CACHE_TTL", 300.0)
 # How often each process checks the change signal (revocations reach every process within this).
 GATEWAY_CONFIG_POLL_SECONDS = envfloat("GATEWAY_CONFIG_POLL_SECONDS", 0.5)
 GATEWAY_UPSTREAM_MAX_CONNECTIONS = envint("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 512)
+# Redis connections per web process; past them a command waits for a free one (at most 2 s).
+GATEWAY_REDIS_MAX_CONNECTIONS = envint("GATEWAY_REDIS_MAX_CONNECTIONS", 128)
 # The upstream client's connection pool: "aiohttp" (fast) or "httpcore" (httpx's own).
 GATEWAY_HTTP_TRANSPORT = env("GATEWAY_HTTP_TRANSPORT", "aiohttp")
 # Circuit breaker per deployment: open after this many consecutive failures, probe after the cooldown.

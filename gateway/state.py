@@ -73,9 +73,13 @@ class GatewayState:
         if settings.REDIS_URL:
             import redis.asyncio as aioredis
 
-            self.redis = aioredis.Redis.from_url(
-                settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
-            )
+            # A blocking pool: past its size a command waits (up to 2 s) for a connection instead
+            # of failing, so a burst of requests is served, not refused as "Redis unreachable".
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=settings.GATEWAY_REDIS_MAX_CONNECTIONS, timeout=2,
+                socket_timeout=2, socket_connect_timeout=2, health_check_interval=30,
+            )  # fmt: skip
+            self.redis = aioredis.Redis(connection_pool=pool)
         self.buffer: MemoryBuffer | RedisBuffer = RedisBuffer(self.redis) if self.redis else MemoryBuffer()
         self.flusher = Flusher(self.buffer)
         self.transport = make_transport()

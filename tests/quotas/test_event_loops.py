@@ -12,6 +12,8 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
+
 
 def test_a_loop_that_ended_holding_the_rebuild_lock_blocks_no_other(monkeypatch: Any) -> None:
     """The counters' rebuild lock is per loop: a loop abandoned mid-rebuild never hangs another."""
@@ -40,3 +42,20 @@ def test_a_loop_that_ended_holding_the_rebuild_lock_blocks_no_other(monkeypatch:
     thread.start()
     thread.join(10)
     assert done == [True] and len(calls) == 2
+
+
+@pytest.mark.redis
+def test_a_burst_larger_than_the_redis_pool_waits_for_connections_instead_of_failing(settings: Any) -> None:
+    """redis-py's default pool raises MaxConnectionsError past 100: at c=64 admissions failed closed."""
+    from gateway.state import GatewayState
+
+    settings.GATEWAY_REDIS_MAX_CONNECTIONS = 3
+
+    async def burst() -> list[Any]:
+        state = GatewayState()
+        try:
+            return await asyncio.gather(*(state.redis.ping() for _ in range(150)), return_exceptions=True)
+        finally:
+            await state.close()
+
+    assert asyncio.run(burst()) == [True] * 150
