@@ -119,10 +119,12 @@ def test_a_forbidden_parameter_is_400_and_nothing_is_sent_upstream(
 
 def test_the_scan_is_cheap_on_a_large_body() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "word " * 50} for _ in range(2000)]}
-    started = time.perf_counter()
+    times = []
     for _ in range(10):
+        started = time.perf_counter()
         ssrf.check_body(body)
-    assert (time.perf_counter() - started) / 10 < 0.02
+        times.append(time.perf_counter() - started)
+    assert min(times) < 0.02, times  # the fastest scan: a stall of the machine shows in one, a cost in all
 
 
 # --- admin-set provider URLs ---------------------------------------------------------------------

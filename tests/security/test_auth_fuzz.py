@@ -89,12 +89,17 @@ def test_hostile_key_values_are_a_fast_401_in_openais_format(
 ) -> None:
     _request(gateway.port, "POST", path, make(alice_key[1].encode()), CHAT)  # warm the server and the key
     for label, value in CORPUS:
-        status, body, elapsed = _request(gateway.port, "POST", path, make(value), CHAT)
-        if path.startswith(("/anthropic/", "/gemini/")):
-            assert status == 401, (label, body[:200])
-        else:
-            _openai_401(status, body)
-        assert elapsed < 0.05, f"{label} took {elapsed * 1000:.1f} ms"
+        times = []
+        for _ in range(
+            3
+        ):  # the fastest of three: a cost in the value shows in all, a stall of the machine in one
+            status, body, elapsed = _request(gateway.port, "POST", path, make(value), CHAT)
+            if path.startswith(("/anthropic/", "/gemini/")):
+                assert status == 401, (label, body[:200])
+            else:
+                _openai_401(status, body)
+            times.append(elapsed)
+        assert min(times) < 0.05, f"{label} took {[round(t * 1000, 1) for t in times]} ms"
 
 
 def test_malformed_authorization_headers_are_401(gateway: Any, alice_key: Any) -> None:
