@@ -6,7 +6,10 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
+
+# What a closed or unreachable database raises (not query errors, which are bugs to surface).
+DB_UNREACHABLE = (OperationalError, InterfaceError)
 
 P = ParamSpec("P")
 T = TypeVar("T")

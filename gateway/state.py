@@ -15,10 +15,9 @@ from typing import Any, TypeVar
 
 import httpx
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 
 from config import lifespan
-from config.db import adb
+from config.db import DB_UNREACHABLE, adb
 from gateway import generation, keys, routing
 from gateway.catalog import Principal, Snapshot, load_key, load_snapshot
 from gateway.entra import EntraTokens
@@ -31,8 +30,6 @@ NEGATIVE_TTL = 5.0
 # After a failed database read, serve what is cached for this long before trying again, so an
 # outage costs the hot path one failed connection per second rather than one per request.
 DB_RETRY_SECONDS = 1.0
-# What a closed or unreachable database raises (not query errors, which are bugs to surface).
-DB_UNREACHABLE = (OperationalError, InterfaceError)
 T = TypeVar("T")
 
 

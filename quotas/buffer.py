@@ -17,17 +17,15 @@ from typing import Any
 import orjson
 import redis.exceptions
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 
-from config.db import adb
+from config.db import DB_UNREACHABLE, adb
 from quotas.ledger import events_write
 
 logger = logging.getLogger(__name__)
 
 # A server away (restarting, unreachable): expected during an outage, logged without a traceback.
 UNREACHABLE = (
-    OperationalError,
-    InterfaceError,
+    *DB_UNREACHABLE,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )

@@ -8,10 +8,8 @@ import time
 import weakref
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
-
 from config import metrics
-from config.db import adb
+from config.db import DB_UNREACHABLE, adb
 from gateway.errors import GatewayError
 from quotas import engine
 from quotas.engine import Counter, Demand, LocalLimiter, Refused, Reservation, RuleInfo
@@ -57,7 +55,7 @@ async def _admit(state: Any, counters: list[Counter]) -> None:
             await adb(engine.db_admit, counters)
         except (Refused, GatewayError):
             raise
-        except (OperationalError, InterfaceError) as exc:  # the database is away: the same policy
+        except DB_UNREACHABLE as exc:  # the database is away: the same policy
             _unreachable(counters, "the database", exc)
         return
     try:
@@ -68,7 +66,7 @@ async def _admit(state: Any, counters: list[Counter]) -> None:
             await engine.redis_admit(state.redis, counters)
     except (Refused, GatewayError):
         raise
-    except (OperationalError, InterfaceError) as exc:  # Redis lost its counters and the ledger is away
+    except DB_UNREACHABLE as exc:  # Redis lost its counters and the ledger is away
         _unreachable(counters, "the database (rebuilding the counters)", exc)
     except Exception as exc:
         _unreachable(counters, "Redis", exc)
@@ -123,7 +121,7 @@ async def usage_settle(*, state: Any, reservation: Reservation, event: dict[str,
     if deltas and state.redis is None:
         try:
             await adb(engine.db_settle, deltas)
-        except (OperationalError, InterfaceError) as exc:  # the event itself waits in the buffer
+        except DB_UNREACHABLE as exc:  # the event itself waits in the buffer
             logger.warning("database unreachable: counters not settled for %s (%s)", event.get("request_id"),
                            type(exc).__name__)  # fmt: skip
         except Exception:
