@@ -315,6 +315,13 @@ def _failed(error: GatewayError, kind: ErrorKind) -> AttemptFailed:
     return failed
 
 
+def _transport_failed(dep: DeploymentInfo, exc: httpx.TransportError, what: str) -> AttemptFailed:
+    """An attempt whose connection failed or timed out before anything reached the client."""
+    error = transport_error(exc)
+    logger.warning("upstream %s %s: %s", dep.name, what, error.code)
+    return _failed(error, ErrorKind.TIMEOUT if error.status == 504 else ErrorKind.CONNECTION)
+
+
 # Headers of every upstream call, under the adapter's own. `identity`: the gateway reads what it
 # relays (usage, token counts), so it never asks for a compressed body.
 UPSTREAM_HEADERS = {"accept": "*/*", "accept-encoding": "identity", "user-agent": "llm-control-gateway"}
@@ -348,9 +355,7 @@ async def _attempt(
         return _failed(GatewayError(504, "The provider did not start answering in time.", code="upstream_timeout",
                                     type="timeout"), ErrorKind.TIMEOUT)  # fmt: skip
     except httpx.TransportError as exc:
-        error = transport_error(exc)
-        logger.warning("upstream %s failed: %s", dep.name, error.code)
-        return _failed(error, ErrorKind.TIMEOUT if error.status == 504 else ErrorKind.CONNECTION)
+        return _transport_failed(dep, exc, "failed")
     chunks = upstream.aiter_raw()
     first = b""
     if upstream.status_code < 400:
@@ -393,9 +398,7 @@ async def _attempt(
             raise
         # A body (answer or error) that broke off or stalled before anything reached the client:
         # as if no answer had come, so the next deployment is tried.
-        error = transport_error(exc)
-        logger.warning("upstream %s failed mid-body: %s", dep.name, error.code)
-        return _failed(error, ErrorKind.TIMEOUT if error.status == 504 else ErrorKind.CONNECTION)
+        return _transport_failed(dep, exc, "failed mid-body")
     finally:
         await upstream.aclose()
 
