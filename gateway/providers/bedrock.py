@@ -17,10 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-from botocore.eventstream import EventStreamBuffer
 
 from gateway import tokens
 from gateway.catalog import DeploymentInfo
@@ -53,6 +49,11 @@ IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "
 
 def signed_request(deployment: DeploymentInfo, path: str, body: bytes) -> UpstreamRequest:
     """A POST to Bedrock Runtime signed with SigV4 (service `bedrock`)."""
+    # botocore is imported on the first Bedrock call: a process without one never holds it (~10 MB).
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
     provider = deployment.provider
     region = deployment.region or provider.region or "us-east-1"
     base = provider.base_url or f"https://bedrock-runtime.{region}.amazonaws.com"
@@ -194,6 +195,8 @@ class EventStreamDecoder:
     """Bedrock's binary event stream → (event type, payload) → OpenAI chunks."""
 
     def __init__(self) -> None:
+        from botocore.eventstream import EventStreamBuffer
+
         self.buffer = EventStreamBuffer()
         self.failed = False
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported by decode(): a web process that never decodes stays without it
+    import numpy as np
 
 SAMPLE_RATE = 16_000
 # OpenAI's rule: temperature 0 means "start at 0 and fall back to higher ones when decoding fails".
@@ -107,6 +108,7 @@ def decode(path: str, max_seconds: float) -> np.ndarray:
     import gc
 
     import av
+    import numpy as np
 
     limit = int(max_seconds * SAMPLE_RATE)
     chunks: list[np.ndarray] = []
