@@ -12,7 +12,8 @@ reported apart), then the file is decoded and transcribed; the wall time of that
 
     .venv/bin/python bench/transcription.py [--quick] [--threads 2] [--engines fw-int8,ow-fp32]
 
-Engines: fw-int8 (the default: faster-whisper, int8), fw-fp32, fw-int8-batched (faster-whisper's
+Engines: fw-int8 (the default: faster-whisper, int8, a long input cut at pauses into one piece per
+core), fw-int8-sequential (the same, one piece at a time: TRANSCRIPTION_PARALLEL=1), fw-fp32, fw-int8-batched (faster-whisper's
 BatchedInferencePipeline, batch 8), ow-fp32 (openai-whisper, fp32; the same tiny.en weights,
 converted). Results go to bench/results/transcription.json and a Markdown table on stdout.
 """
@@ -44,6 +45,10 @@ SENTENCES = (
 )
 ENGINES = {
     "fw-int8": ("faster-whisper", {"TRANSCRIPTION_COMPUTE_TYPE": "int8"}),
+    "fw-int8-sequential": (
+        "faster-whisper",
+        {"TRANSCRIPTION_COMPUTE_TYPE": "int8", "TRANSCRIPTION_PARALLEL": "1"},
+    ),
     "fw-fp32": ("faster-whisper", {"TRANSCRIPTION_COMPUTE_TYPE": "float32"}),
     "fw-int8-batched": (
         "faster-whisper",

@@ -1,0 +1,62 @@
+"""The faster-whisper engine cuts a long recording at pauses and transcribes the pieces side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.transcription.speech import LONG_SENTENCES, WER_THRESHOLD, wer
+from transcription.engines import Options, decode
+from transcription.engines.base import SAMPLE_RATE
+from transcription.engines.faster import FasterWhisperEngine, bounds_at, piece_bounds
+
+LONG_REFERENCE = " ".join(LONG_SENTENCES)
+
+
+def test_cuts_fall_in_the_pauses_nearest_to_equal_shares() -> None:
+    assert bounds_at([], 1000, 2) == [(0, 1000)]  # no pause: never cut inside speech
+    assert bounds_at([300, 480, 700], 1000, 2) == [(0, 480), (480, 1000)]
+    assert bounds_at([100, 260, 500, 760], 1000, 4) == [(0, 260), (260, 500), (500, 760), (760, 1000)]
+    # Two shares nearest to the same pause make one cut, not an empty piece.
+    assert bounds_at([900], 1000, 3) == [(0, 900), (900, 1000)]
+
+
+@pytest.fixture(scope="module")
+def long_audio(clips: dict[str, Path]) -> Any:
+    return decode(str(clips["long"]), 3600)
+
+
+def test_a_recording_of_one_window_is_not_cut(clips: dict[str, Path]) -> None:
+    audio = decode(str(clips["wav"]), 3600)  # about 8 s
+    assert piece_bounds(audio, 2) == [(0, len(audio))]
+
+
+def test_pieces_side_by_side_give_the_whole_transcript_in_order(settings: Any, long_audio: Any) -> None:
+    duration = len(long_audio) / SAMPLE_RATE
+    assert duration > 30  # two windows: worth two pieces
+    bounds = piece_bounds(long_audio, 2)
+    assert len(bounds) == 2 and bounds[0][0] == 0 and bounds[-1][1] == len(long_audio)
+    assert 0.25 < bounds[0][1] / len(long_audio) < 0.75  # near the middle, in a pause
+
+    settings.TRANSCRIPTION_PARALLEL = 2
+    parallel = FasterWhisperEngine("tiny.en")
+    shares: list[float] = []
+    result = parallel.transcribe(long_audio, Options(language="en"), shares.append)
+    settings.TRANSCRIPTION_PARALLEL = 1
+    sequential = FasterWhisperEngine("tiny.en").transcribe(long_audio, Options(language="en"))
+
+    assert wer(LONG_REFERENCE, result.text) <= WER_THRESHOLD, result.text
+    assert wer(sequential.text, result.text) <= 0.1, (sequential.text, result.text)
+    assert result.language == "en" and result.duration == pytest.approx(duration)
+    assert [s.id for s in result.segments] == list(range(len(result.segments)))
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts) and all(s.start <= s.end <= duration + 0.5 for s in result.segments)
+    # Both pieces are there: segments on each side of the cut, timed from the recording's start.
+    cut = bounds[0][1] / SAMPLE_RATE
+    assert any(s.end <= cut + 0.5 for s in result.segments) and any(
+        s.start >= cut - 0.5 for s in result.segments
+    )
+    assert result.segments[-1].end > duration - 5
+    assert shares == sorted(shares) and shares[-1] == 1.0
