@@ -391,6 +391,9 @@ def gateway_env(data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
     env.setdefault("GATEWAY_UPSTREAM_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
     if args.redis:
         env["REDIS_URL"] = args.redis
+        # The production layout: web processes append usage events, `usage_writer` (on the client
+        # core, its CPU reported apart) writes the ledger. --web-drain: the web process does both.
+        env["USAGE_WEB_DRAIN"] = "true" if args.web_drain else "false"
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
     return env
@@ -727,6 +730,10 @@ def run_latency(
     gateway = Target("gateway", "gateway", f"http://127.0.0.1:{dep.gateway_port}", dep.key, {}, gateway_log, gw,
                      dep.gateway_command)  # fmt: skip
     wait_http(f"{gateway.base_url}/livez", gw, gateway_log)
+    writer = None
+    if dep.env.get("USAGE_WEB_DRAIN") == "false":
+        writer = children.start(["taskset", "-c", CLIENT_CORE, *manage("usage_writer")], dep.env,
+                                dep.tmp / f"usage-writer-{tag}.log")  # fmt: skip
     direct = Target("direct", "fake upstream, direct", dep.upstream, UPSTREAM_KEY, {}, fake_log)
     targets = [direct, gateway]
     targets += [
@@ -754,6 +761,7 @@ def run_latency(
                 run_hey(children, target.hey(body[mode], max(concurrencies), args.warmup), args.warmup)
 
     meters = {t.name: ProcessMeter(t.proc.pid) for t in targets if t.proc is not None}
+    writer_meter = ProcessMeter(writer.pid) if writer is not None else None
     rows: list[dict[str, Any]] = []
     gateway_2xx = 0
     for mode in MODES:
@@ -764,8 +772,12 @@ def run_latency(
                 meter = meters.get(target.name)
                 if meter is not None:
                     meter.start()
+                if target is gateway and writer_meter is not None:
+                    writer_meter.start()
                 result = run_hey(children, target.hey(body[mode], concurrency, seconds), seconds)
                 cell: dict[str, Any] = asdict(result)
+                if target is gateway and writer_meter is not None:
+                    cell["usage_writer_cpu_percent"] = writer_meter.stop()[0]
                 if meter is not None and target.proc is not None:
                     cell["cpu_percent"], cell["peak_rss_mb"] = meter.stop()
                     cell["peak_rss_reset"] = meter.reset_ok
@@ -781,6 +793,8 @@ def run_latency(
                 cells[target.name] = cell
                 extra = (f" CPU {cell['cpu_percent']:5.1f}% RSS {cell['peak_rss_mb']:4.0f} MB" if "cpu_percent" in cell
                          else "")  # fmt: skip
+                if "usage_writer_cpu_percent" in cell:
+                    extra += f" (usage writer CPU {cell['usage_writer_cpu_percent']:.1f}%)"
                 print(
                     f"{latency:>4g} ms {mode:<10} c={concurrency:<3} {target.name:<8} {result.rps:7.0f} r/s "
                     f"p50 {fmt(result.p50_ms):>7} p99 {fmt(result.p99_ms):>7} ms{extra} errors {result.errors}",
@@ -809,6 +823,8 @@ def run_latency(
     gateway_2xx += ttfb["gateway"]["n"]
 
     exit_codes = {t.name: children.stop(t.proc) for t in reversed(targets) if t.proc is not None}
+    if writer is not None:  # after the gateway: its last events are drained on SIGTERM
+        exit_codes["usage_writer"] = children.stop(writer)
     children.stop(fake)
     return {
         "upstream_latency_ms": latency,
@@ -950,6 +966,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=int, default=1, help="seconds of unrecorded load per mode first (0 = none)"
     )
+    parser.add_argument(
+        "--web-drain", action="store_true",
+        help="with Redis: the web process also writes the ledger (USAGE_WEB_DRAIN=true) instead of a usage_writer",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
     args = parser.parse_args(argv)

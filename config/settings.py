@@ -267,6 +267,9 @@ GATEWAY_IDEMPOTENCY_MAX_BYTES = envint("GATEWAY_IDEMPOTENCY_MAX_BYTES", 1024 * 1
 # Usage buffer: events are flushed to the ledger in batches of at most this many, this often.
 USAGE_FLUSH_INTERVAL = envfloat("USAGE_FLUSH_INTERVAL", 1.0)
 USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", 500)
+# With Redis: each web process also drains the buffer into the ledger (True), or only appends and
+# `manage.py usage_writer` drains it (False: the web processes keep their CPU for requests).
+USAGE_WEB_DRAIN = envbool("USAGE_WEB_DRAIN", True)
 
 # --- Quotas ----------------------------------------------------------------------------------------
 # Day and month windows reset at midnight / the 1st in this time zone.

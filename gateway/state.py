@@ -77,7 +77,9 @@ class GatewayState:
                 socket_timeout=2, socket_connect_timeout=2, health_check_interval=30,
             )  # fmt: skip
             self.redis = aioredis.Redis(connection_pool=pool)
-        self.buffer: MemoryBuffer | RedisBuffer = RedisBuffer(self.redis) if self.redis else MemoryBuffer()
+        self.buffer: MemoryBuffer | RedisBuffer = (
+            RedisBuffer(self.redis, drain=settings.USAGE_WEB_DRAIN) if self.redis else MemoryBuffer()
+        )
         self.flusher = Flusher(self.buffer)
         self.transport = make_transport()
         self.http = make_http_client(self.transport)

@@ -2,8 +2,9 @@
 
 Settlement appends one event and returns at once; a flusher writes batches to the database. With
 Redis, events go to a Redis list that any process may drain under a short lock (so several web
-processes and the maintenance worker can all run flushers safely). Without Redis, each process
-keeps its own in-memory list and flushes it on a timer and at shutdown.
+processes, the usage writer and the maintenance worker can all run flushers safely); with
+``USAGE_WEB_DRAIN`` off, web processes only append and ``manage.py usage_writer`` drains. Without
+Redis, each process keeps its own in-memory list and flushes it on a timer and at shutdown.
 """
 
 from __future__ import annotations
@@ -72,8 +73,11 @@ class MemoryBuffer:
 class RedisBuffer:
     """Events in a Redis list, drained in batches by whichever process holds the lock."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, drain: bool = True) -> None:
         self.client = client
+        # False: this process only appends (and writes what it had to keep in memory); another
+        # process drains the list.
+        self.drain = drain
         self.fallback = MemoryBuffer()
         # A drain lock we could not release (Redis went away mid-drain): released at the next flush,
         # or an AOF Redis would keep every drainer out until the lock expires.
@@ -88,6 +92,8 @@ class RedisBuffer:
 
     async def flush(self) -> int:
         written = await self.fallback.flush()
+        if not self.drain:
+            return written
         if self.unreleased is not None:
             with contextlib.suppress(Exception):
                 await self.client.eval(_UNLOCK, 1, REDIS_LOCK, self.unreleased)

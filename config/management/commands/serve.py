@@ -71,6 +71,10 @@ class Command(BaseCommand):
                       # The maintenance beat, embedded: fine for one host (see the production guide).
                       "--beat", "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME]  # fmt: skip
             children.append(subprocess.Popen(worker, env=env))
+        if settings.REDIS_URL and not settings.USAGE_WEB_DRAIN:
+            # The web processes only append usage events: this process writes them to the ledger.
+            children.append(subprocess.Popen([sys.executable, "manage.py", "usage_writer"], env=env,
+                                             cwd=settings.BASE_DIR))  # fmt: skip
         cmd = server_command(opts["server"], opts["host"], opts["port"], opts["workers"])
         children.append(subprocess.Popen(cmd, env=env))
         self.stdout.write(
