@@ -23,6 +23,7 @@ from portal.routing import websocket_urlpatterns  # noqa: E402
 from portal.streaming import DISCONNECTED  # noqa: E402
 
 tracing.setup()  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT or TRACING_ENABLED asks for it
+lifespan.on_startup(lifespan.freeze_startup_objects)
 
 websocket_app = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
 

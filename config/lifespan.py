@@ -6,6 +6,7 @@ buffer on shutdown, so a graceful stop loses no event).
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -35,3 +36,22 @@ async def run(hooks: list[Hook]) -> None:
             await hook()
         except Exception:
             logger.exception("lifespan hook %s failed", getattr(hook, "__qualname__", hook))
+
+
+async def freeze_startup_objects() -> None:
+    """Load every view now, then move everything alive out of the garbage collector's reach.
+
+    A web process holds some 400,000 objects after its imports (Django, the apps, their
+    libraries); each full collection walked them all: 75-100 ms with the event loop stopped, the
+    p99 of the gateway benchmark. Frozen objects are never scanned again (they live as long as the
+    process anyway); objects made later are collected as usual. GC_FREEZE=false turns it off.
+    """
+    from django.conf import settings
+    from django.urls import get_resolver
+
+    if not settings.GC_FREEZE:
+        return
+    _ = get_resolver().url_patterns  # import every app's views and API routers before, not at a request
+    gc.collect()
+    gc.freeze()
+    logger.info("%d startup objects frozen out of the garbage collector", gc.get_freeze_count())

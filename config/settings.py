@@ -270,6 +270,8 @@ USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", 500)
 # With Redis: each web process also drains the buffer into the ledger (True), or only appends and
 # `manage.py usage_writer` drains it (False: the web processes keep their CPU for requests).
 USAGE_WEB_DRAIN = envbool("USAGE_WEB_DRAIN", True)
+# Web processes move the objects alive after startup out of the garbage collector's scans.
+GC_FREEZE = envbool("GC_FREEZE", True)
 
 # --- Quotas ----------------------------------------------------------------------------------------
 # Day and month windows reset at midnight / the 1st in this time zone.
