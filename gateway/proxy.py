@@ -172,6 +172,20 @@ def demand_for(call: Call, model: ModelInfo, rules: tuple[RuleInfo, ...]) -> Dem
     return Demand(tokens=prompt + output, cost_usd=cost + images * float(model.per_image), images=images)
 
 
+_URLS: dict[str, httpx.URL] = {}
+URL_CACHE_SIZE = 1024
+
+
+def upstream_url(url: str) -> httpx.URL:
+    """``url`` parsed once: a deployment's few endpoint URLs would otherwise be parsed per request."""
+    parsed = _URLS.get(url)
+    if parsed is None:
+        if len(_URLS) >= URL_CACHE_SIZE:  # URLs with a per-request part (Azure, Gemini): start over
+            _URLS.clear()
+        parsed = _URLS[url] = httpx.URL(url)
+    return parsed
+
+
 async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
     """Serve ``call`` into ``sink``; always leaves exactly one usage event."""
     reservation = Reservation()
@@ -341,7 +355,7 @@ async def _attempt(
     read_timeout = dep.chunk_timeout or dep.total_timeout
     timeout = httpx.Timeout(read_timeout, connect=dep.connect_timeout)
     # Straight to the pool (no httpx client: nothing of its cookies, auth or redirects applies).
-    http_request = httpx.Request(request.method, request.url, headers={**UPSTREAM_HEADERS, **request.headers},
+    http_request = httpx.Request(request.method, upstream_url(request.url), headers={**UPSTREAM_HEADERS, **request.headers},
                                  content=request.body, extensions={"timeout": timeout.as_dict()})  # fmt: skip
     started = time.monotonic()
     try:
