@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,6 +152,7 @@ class Children:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.cleanups: list[Callable[[], None]] = []  # run last by close(): servers not started here
 
     def start(
         self, cmd: list[str], env: dict[str, str], log: Path | None = None, cwd: Path | None = None
@@ -187,6 +188,10 @@ class Children:
         """Stop every child still known, newest first."""
         for proc in reversed(list(self.procs)):
             self.stop(proc, timeout=5.0)
+        for cleanup in reversed(self.cleanups):
+            with suppress(Exception):
+                cleanup()
+        self.cleanups.clear()
 
 
 def _killpg(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -662,6 +667,19 @@ def git_revision() -> str | None:
     return rev + ("+dirty" if dirty else "")
 
 
+def start_private_postgres(children: Children) -> str:
+    """A throw-away PostgreSQL cluster (fsync off) whose server and backends run on the client core.
+
+    The system's PostgreSQL may schedule the ledger's inserts on the gateway's core; this one cannot.
+    """
+    from tests.support.servers import PrivatePostgres
+
+    server = PrivatePostgres()
+    server.start(cpus=CLIENT_CORE)
+    children.cleanups.append(server.close)
+    return server.url
+
+
 def start_private_redis(children: Children, tmp: Path) -> str:
     """A throw-away redis-server on a free port (no persistence), on the client core; its URL."""
     if shutil.which("redis-server") is None:
@@ -843,6 +861,10 @@ def benchmark(args: argparse.Namespace, children: Children, tmp: Path) -> dict[s
     data_dir = tmp / "data"
     data_dir.mkdir()
     redis_label = args.redis or None
+    database_label = args.database_url or "sqlite (embedded)"
+    if args.database_url == "private":
+        args.database_url = start_private_postgres(children)
+        database_label = f"{args.database_url} (private PostgreSQL, core {CLIENT_CORE})"
     if args.redis == "private":
         args.redis = start_private_redis(children, tmp)
         redis_label = f"{args.redis} (private redis-server, core {CLIENT_CORE})"
@@ -889,7 +911,7 @@ def benchmark(args: argparse.Namespace, children: Children, tmp: Path) -> dict[s
             "quick": args.quick,
             "backend": {
                 "redis": redis_label,
-                "database_url": args.database_url or "sqlite (embedded)",
+                "database_url": database_label,
             },
             "gateway_command": gw_cmd,
             "gateway_core": GATEWAY_CORE,
@@ -942,7 +964,9 @@ def main(argv: list[str] | None = None) -> int:
         help="REDIS_URL for the gateway (Redis backends); `private` starts a redis-server",
     )
     parser.add_argument(
-        "--database-url", default="", help="DATABASE_URL (default: SQLite in the temp DATA_DIR)"
+        "--database-url",
+        default="",
+        help="DATABASE_URL (default: SQLite in the temp DATA_DIR); `private` starts a PostgreSQL cluster on the client core",
     )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default 1: one core)")
     parser.add_argument(

@@ -49,12 +49,16 @@ class PrivatePostgres:
         subprocess.run(_as_postgres(list(cmd)), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        cwd=self.root, timeout=60)  # fmt: skip
 
-    def start(self) -> None:
-        """Start (again) on the same port and data directory; returns once it accepts connections."""
+    def start(self, cpus: str | None = None) -> None:
+        """Start (again) on the same port and data directory; returns once it accepts connections.
+
+        ``cpus`` (a taskset list) pins the server and every backend it forks to those cores.
+        """
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
                    "-c fsync=off -c max_connections=50")  # fmt: skip
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "30",
-                  "start")  # fmt: skip
+        pin = ["taskset", "-c", cpus] if cpus else []
+        self._run(*pin, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
+                  "-t", "30", "start")  # fmt: skip
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m fast`` (clients disconnected, clean shutdown) or ``immediate`` (a crash)."""
