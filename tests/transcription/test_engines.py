@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,29 @@ def test_pieces_side_by_side_give_the_whole_transcript_in_order(settings: Any, l
     )
     assert result.segments[-1].end > duration - 5
     assert shares == sorted(shares) and shares[-1] == 1.0
+
+
+def test_a_failing_progress_callback_drops_the_pieces_not_started(settings: Any, long_audio: Any) -> None:
+    """What a worker's time limit does (an exception in the waiting thread): nothing more is started."""
+    settings.TRANSCRIPTION_PARALLEL = 2
+    engine = FasterWhisperEngine("tiny.en")
+    engine.pool = ThreadPoolExecutor(1)  # one thread for two pieces: the second waits
+    started: list[int] = []
+    transcribe_piece = engine._transcribe
+
+    def counted(*args: Any) -> Any:
+        started.append(len(args[0]))
+        return transcribe_piece(*args)
+
+    engine._transcribe = counted  # type: ignore[method-assign,assignment]
+
+    class TimeLimit(Exception):
+        pass
+
+    def progress(share: float) -> None:
+        raise TimeLimit
+
+    with pytest.raises(TimeLimit):
+        engine.transcribe(long_audio, Options(language="en"), progress)
+    engine.pool.shutdown(wait=True)  # returns once the running piece is done
+    assert len(started) == 1  # the waiting piece was cancelled, never run

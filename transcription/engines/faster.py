@@ -64,11 +64,19 @@ class FasterWhisperEngine(Engine):
 
         futures = [self.pool.submit(run, i) for i in range(len(bounds))]
         pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.5)
-            if progress is not None:
-                with lock:
-                    progress(min(sum(done) / len(audio), 1.0))
+        try:
+            while pending:
+                _, pending = wait(pending, timeout=0.5)
+                if progress is not None:
+                    with lock:
+                        share = min(sum(done) / len(audio), 1.0)
+                    progress(share)
+        except BaseException:
+            # A time limit or a failed progress callback: pieces not started yet are dropped (a
+            # running one can't be interrupted; it finishes in the background).
+            for future in pending:
+                future.cancel()
+            raise
         segments: list[Segment] = []
         for (start, _), future in zip(bounds, futures, strict=True):
             piece, language = future.result()
