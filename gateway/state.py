@@ -22,7 +22,7 @@ from gateway import generation, keys, routing
 from gateway.catalog import Principal, Snapshot, load_key, load_snapshot
 from gateway.entra import EntraTokens
 from gateway.errors import GatewayError
-from quotas.buffer import UNREACHABLE, Flusher, MemoryBuffer, RedisBuffer
+from quotas.buffer import UNREACHABLE, Flusher, MemoryBuffer, RedisBuffer, cancel_requested
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class GatewayState:
         return await adb(generation.read_db)
 
     async def _poll(self) -> None:
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(settings.GATEWAY_CONFIG_POLL_SECONDS)
             try:
                 if self.redis is not None:

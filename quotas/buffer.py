@@ -126,6 +126,15 @@ class RedisBuffer:
         return written
 
 
+def cancel_requested() -> bool:
+    """Whether this task was asked to stop, even if a library turned the CancelledError into an
+    error we handle (redis-py can: a cancel that meets a socket timeout). A background loop that
+    went on would keep its event loop from closing: asyncio.run waits for every task it cancelled.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Flusher:
     """Runs ``buffer.flush`` every USAGE_FLUSH_INTERVAL seconds until stopped."""
 
@@ -140,7 +149,7 @@ class Flusher:
             self.task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
 
     async def _run(self) -> None:
-        while not self.stopping:
+        while not self.stopping and not cancel_requested():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), settings.USAGE_FLUSH_INTERVAL)
             self.wake.clear()

@@ -59,3 +59,36 @@ def test_a_burst_larger_than_the_redis_pool_waits_for_connections_instead_of_fai
             await state.close()
 
     assert asyncio.run(burst()) == [True] * 150
+
+
+def test_a_background_loop_whose_cancel_a_library_swallowed_still_ends(settings: Any) -> None:
+    """asyncio.run cancels the tasks left when its coroutine ends and waits for them. redis-py can
+    turn that cancel into an error the usage flusher (and the config poller) log and go on from:
+    they used to loop on, and the transient loop never closed (a hung CI run). They stop now."""
+    from quotas.buffer import Flusher
+
+    settings.USAGE_FLUSH_INTERVAL = 0.01
+
+    class CancelBecomesError:
+        flushes = 0
+
+        async def flush(self) -> int:
+            self.flushes += 1
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                raise ConnectionError("Connection closed by server.") from None
+            return 0
+
+    buffer = CancelBecomesError()
+
+    async def request() -> None:  # what a view does: the flusher starts, the view ends
+        Flusher(buffer).start()  # type: ignore[arg-type]
+        while not buffer.flushes:
+            await asyncio.sleep(0.01)
+
+    runner = threading.Thread(target=asyncio.run, args=(request(),), daemon=True)
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive(), "the event loop never closed: the flusher went on after its cancel"
+    assert buffer.flushes == 1
