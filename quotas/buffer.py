@@ -138,8 +138,10 @@ def cancel_requested() -> bool:
 class Flusher:
     """Runs ``buffer.flush`` every USAGE_FLUSH_INTERVAL seconds until stopped."""
 
-    def __init__(self, buffer: MemoryBuffer | RedisBuffer) -> None:
+    def __init__(self, buffer: MemoryBuffer | RedisBuffer, interval: float | None = None) -> None:
         self.buffer = buffer
+        self.interval = interval  # None: USAGE_FLUSH_INTERVAL
+        self.written = 0  # events this flusher wrote to the ledger
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
         self.stopping = False
@@ -151,10 +153,10 @@ class Flusher:
     async def _run(self) -> None:
         while not self.stopping and not cancel_requested():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), settings.USAGE_FLUSH_INTERVAL)
+                await asyncio.wait_for(self.wake.wait(), self.interval or settings.USAGE_FLUSH_INTERVAL)
             self.wake.clear()
             try:
-                await self.buffer.flush()
+                self.written += await self.buffer.flush()
             except Exception:
                 logger.exception("usage flush failed")
 
@@ -166,7 +168,7 @@ class Flusher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.task, 30)
             self.task = None
-        await self.buffer.flush()
+        self.written += await self.buffer.flush()
 
 
 def drain_once() -> int:

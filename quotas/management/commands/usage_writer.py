@@ -8,16 +8,14 @@ they take turns under the buffer's lock. SIGTERM or Ctrl-C stops after a last fu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import time
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from quotas.buffer import RedisBuffer
+from quotas.buffer import Flusher, RedisBuffer
 
 logger = logging.getLogger("quotas.usage_writer")
 REPORT_SECONDS = 60.0
@@ -45,19 +43,19 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-        buffer = RedisBuffer(client)
-        total, since, reported = 0, 0, time.monotonic()
+        flusher = Flusher(RedisBuffer(client), interval)
         self.stdout.write(f"usage writer: draining the Redis usage buffer every {interval:g} s")
+        flusher.start()
         try:
+            reported = 0
             while not stop.is_set():
-                written = await buffer.flush()
-                total, since = total + written, since + written
-                if time.monotonic() - reported >= REPORT_SECONDS:
-                    logger.info("usage writer: %d events written in the last %.0f s", since, REPORT_SECONDS)
-                    since, reported = 0, time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
-            total += await buffer.flush()  # what arrived since the last drain
+                try:
+                    await asyncio.wait_for(stop.wait(), REPORT_SECONDS)
+                except TimeoutError:
+                    logger.info("usage writer: %d events written in the last %.0f s",
+                                flusher.written - reported, REPORT_SECONDS)  # fmt: skip
+                    reported = flusher.written
+            await flusher.stop()  # the current drain, then what arrived since
         finally:
             await client.aclose()
-        self.stdout.write(f"usage writer stopped: {total} events written")
+        self.stdout.write(f"usage writer stopped: {flusher.written} events written")
