@@ -77,9 +77,9 @@ class FasterWhisperEngine(Engine):
             for future in pending:
                 future.cancel()
             raise
+        results = [future.result() for future in futures]
         segments: list[Segment] = []
-        for (start, _), future in zip(bounds, futures, strict=True):
-            piece, language = future.result()
+        for (start, _), (piece, _) in zip(bounds, results, strict=True):
             offset = start / SAMPLE_RATE
             for segment in piece:
                 segment.id = len(segments)
@@ -90,10 +90,9 @@ class FasterWhisperEngine(Engine):
                     word.start += offset
                     word.end += offset
                 segments.append(segment)
-        first_language = futures[0].result()[1]
         if progress is not None:
             progress(1.0)
-        return Result(language=first_language, duration=duration, segments=segments)
+        return Result(language=results[0][1], duration=duration, segments=segments)  # the first piece's
 
     def _transcribe(
         self, audio: np.ndarray, options: Options, progress: Progress | None
