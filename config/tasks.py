@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from celery import shared_task
+from config.celery import app
 
 
-@shared_task(name="config.ping")
+@app.task(name="config.ping")
 def ping(payload: str = "ping") -> dict[str, str]:
     """Echo back with the worker's host name: proves a real worker picked the task up."""
     return {"payload": payload, "worker_host": socket.gethostname()}

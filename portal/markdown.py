@@ -15,25 +15,25 @@ from __future__ import annotations
 
 import html
 import re
+from functools import cache
+from typing import TYPE_CHECKING
 
 import nh3
-from latex2mathml.converter import convert as latex_to_mathml
-from markdown_it import MarkdownIt
-from markdown_it.renderer import RendererHTML
-from markdown_it.token import Token
-from markdown_it.utils import EnvType, OptionsDict
-from mdit_py_plugins.dollarmath import dollarmath_plugin
-from mdit_py_plugins.texmath import texmath_plugin
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import get_lexer_by_name
 from pygments.token import STANDARD_TYPES
-from pygments.util import ClassNotFound
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.renderer import RendererHTML
+    from markdown_it.token import Token
+    from markdown_it.utils import EnvType, OptionsDict
+    from pygments.formatters import HtmlFormatter
+
+# markdown-it, its plugins, Pygments' lexers and formatters and latex2mathml are imported on the
+# first render: a web process that serves only the API never loads them (about 8 MB).
 
 __all__ = ["render", "pygments_css"]
 
 MAX_MATH = 2000  # characters of TeX per formula: latex2mathml is not built for hostile input
-_FORMATTER = HtmlFormatter(cssclass="highlight", nowrap=False)
 _LANG = re.compile(r"^[A-Za-z0-9_+#.-]{1,32}$")
 _SAFE_HREF = re.compile(r"^(https?://|mailto:)", re.IGNORECASE)
 
@@ -99,6 +99,10 @@ _CLEANER = nh3.Cleaner(
 
 
 def _fence(self: RendererHTML, tokens: list[Token], idx: int, options: OptionsDict, env: EnvType) -> str:
+    from pygments import highlight
+    from pygments.lexers import get_lexer_by_name
+    from pygments.util import ClassNotFound
+
     token = tokens[idx]
     lang = token.info.strip().split(maxsplit=1)[0] if token.info.strip() else ""
     lang = lang if _LANG.match(lang) else ""
@@ -109,7 +113,7 @@ def _fence(self: RendererHTML, tokens: list[Token], idx: int, options: OptionsDi
     if lexer is None:
         body = f'<div class="highlight"><pre><code>{html.escape(token.content)}</code></pre></div>'
     else:
-        body = highlight(token.content, lexer, _FORMATTER)
+        body = highlight(token.content, lexer, _formatter())
     label = f'<code data-lang="{html.escape(lang)}"></code>' if lang else ""
     return f'<div class="codeblock">{label}{body}</div>\n'
 
@@ -122,7 +126,16 @@ def _image(self: RendererHTML, tokens: list[Token], idx: int, options: OptionsDi
     return f'<a href="{html.escape(src)}">{html.escape("Image: " + alt)}</a>'
 
 
+@cache
+def _formatter() -> HtmlFormatter:
+    from pygments.formatters import HtmlFormatter
+
+    return HtmlFormatter(cssclass="highlight", nowrap=False)
+
+
 def _math(tex: str, display: str) -> str:
+    from latex2mathml.converter import convert as latex_to_mathml
+
     if len(tex) > MAX_MATH:
         return f"<code>{html.escape(tex)}</code>"
     try:
@@ -142,7 +155,12 @@ def _math_block(self: RendererHTML, tokens: list[Token], idx: int, options: Opti
     return _math(tokens[idx].content, "block") + "\n"
 
 
+@cache
 def _parser() -> MarkdownIt:
+    from markdown_it import MarkdownIt
+    from mdit_py_plugins.dollarmath import dollarmath_plugin
+    from mdit_py_plugins.texmath import texmath_plugin
+
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
     md.enable("table").enable("strikethrough")
     md.use(dollarmath_plugin, double_inline=True).use(texmath_plugin, delimiters="brackets")
@@ -156,19 +174,18 @@ def _parser() -> MarkdownIt:
     return md
 
 
-_MD = _parser()
-
-
 def render(text: str) -> str:
     """Sanitised HTML of the markdown ``text``: safe to insert into a page without escaping.
 
     Pure CPU work (tens of microseconds per kilobyte): from async code call it in a thread.
     """
-    return _CLEANER.clean(_MD.render(text or ""))
+    return _CLEANER.clean(_parser().render(text or ""))
 
 
 def pygments_css() -> str:
     """The stylesheet of highlighted code: the default style, and monokai under a dark colour scheme."""
+    from pygments.formatters import HtmlFormatter
+
     light = HtmlFormatter(style="default").get_style_defs(".highlight")
     dark = HtmlFormatter(style="monokai").get_style_defs(".highlight")
     indented = "\n".join("  " + line for line in dark.splitlines())

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from config.celery import app
 
 
-@shared_task(name="portal.audit_expired_keys")
+@app.task(name="portal.audit_expired_keys")
 def audit_expired_keys() -> int:
     """Record ``key.expired`` for keys that expired since the last run (run it from the maintenance beat)."""
     from portal.audit import keys_audit_expired

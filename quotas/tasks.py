@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from config.celery import app
 
 
-@shared_task(name="quotas.alert_notify", autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+@app.task(name="quotas.alert_notify", autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def quota_alert_notify(alert_id: int) -> None:
     """Send the notifications of one soft-limit warning (idempotent: sent ones are skipped)."""
     from quotas.maintenance import alert_deliver
@@ -13,7 +13,7 @@ def quota_alert_notify(alert_id: int) -> None:
     alert_deliver(alert_id=alert_id)
 
 
-@shared_task(name="quotas.usage_drain", ignore_result=True)
+@app.task(name="quotas.usage_drain", ignore_result=True)
 def usage_drain() -> int:
     """Write what the Redis usage buffer holds to the ledger (events a stopped web process left).
 
@@ -26,7 +26,7 @@ def usage_drain() -> int:
     return drain_once()
 
 
-@shared_task(name="quotas.rollups_heal", ignore_result=True)
+@app.task(name="quotas.rollups_heal", ignore_result=True)
 def rollups_heal(days: int = 2) -> int | None:
     """Re-derive the dashboard rollups of the last ``days`` closed days from the ledger (one worker at a time)."""
     from quotas import maintenance
@@ -34,7 +34,7 @@ def rollups_heal(days: int = 2) -> int | None:
     return maintenance.rollups_heal(days=days)
 
 
-@shared_task(name="quotas.counters_purge", ignore_result=True)
+@app.task(name="quotas.counters_purge", ignore_result=True)
 def counters_purge() -> int:
     """Delete the database quota counters of ended windows (windows reset by themselves)."""
     from quotas import maintenance
@@ -42,7 +42,7 @@ def counters_purge() -> int:
     return maintenance.counters_purge()
 
 
-@shared_task(name="quotas.alerts_resend", ignore_result=True)
+@app.task(name="quotas.alerts_resend", ignore_result=True)
 def alerts_resend() -> int:
     """Send the soft-limit warnings of open windows whose notification never went out."""
     from quotas import maintenance
