@@ -47,7 +47,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.peers import INSTALL_COMMAND, PEERS, parse_peers  # noqa: E402
+from bench.peers import INSTALL_COMMAND, PEERS, gateway_runtime_python, parse_peers  # noqa: E402
 from config.management.commands.serve import server_command  # noqa: E402
 
 GATEWAY_CORE = "0"
@@ -880,12 +880,15 @@ def benchmark(args: argparse.Namespace, children: Children, tmp: Path) -> dict[s
     key = run_checked(
         children, manage("issue_key", "--user", BENCH_USER, "--create-user", "--name", "bench"), env
     )
-    gw_cmd = [
-        "taskset",
-        "-c",
-        GATEWAY_CORE,
-        *server_command("uvicorn", "127.0.0.1", gateway_port, args.workers),
-    ]
+    server = server_command("uvicorn", "127.0.0.1", gateway_port, args.workers)
+    runtime = args.python or gateway_runtime_python()
+    if runtime:  # the production install (no dev tools), running this checkout's code
+        server[0] = str(runtime)
+        env["PYTHONPATH"] = str(ROOT)
+    else:
+        print(f"note: the gateway runs on this interpreter, with the development tools; `{INSTALL_COMMAND}` "
+              "installs the production runtime it should be measured on (its RSS is about 6 MB lower)")  # fmt: skip
+    gw_cmd = ["taskset", "-c", GATEWAY_CORE, *server]
     dep = Deployment(
         env=env, tmp=tmp, upstream_port=upstream_port, gateway_port=gateway_port,
         peer_ports={name: free_port() for name in args.peers}, key=key.strip().splitlines()[-1].strip(),
@@ -993,6 +996,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--web-drain", action="store_true",
         help="with Redis: the web process also writes the ledger (USAGE_WEB_DRAIN=true) instead of a usage_writer",
+    )  # fmt: skip
+    parser.add_argument(
+        "--python", type=Path, default=None,
+        help="the interpreter that runs the gateway (default: the production runtime that "
+        f"`{INSTALL_COMMAND}` puts in var/peers/gateway-venv, else this one)",
     )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "gateway.json")

@@ -2,9 +2,16 @@
 
 Their code is installed from the registries into ``var/peers/`` (git-ignored), never committed::
 
-    .venv/bin/python bench/peers.py install              # both
-    .venv/bin/python bench/peers.py install portkey      # or one of them
+    .venv/bin/python bench/peers.py install              # both, and the gateway's production runtime
+    .venv/bin/python bench/peers.py install portkey      # or one of them (``gateway``: the runtime)
     .venv/bin/python bench/peers.py status
+
+* **The gateway's production runtime** into ``var/peers/gateway-venv``: the project's runtime
+  dependencies only, as ``docs/production.md`` installs them (``pip install -c constraints.txt``,
+  no ``dev`` extra), so the gateway is measured as it runs in production. The development venv also
+  holds test and audit tools that libraries import when they find them (httpx its command-line
+  client with rich, redis-py the OpenTelemetry SDK): about 6 MB more per process. The project's
+  own code is not installed there; the gateway runs it from this checkout.
 
 * **Portkey** (npm ``@portkey-ai/gateway@1.15.2``) into ``var/peers/portkey``, with
   ``@hono/node-server`` held at 1.14.1 through an npm ``overrides`` entry. A plain
@@ -33,6 +40,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PEERS_DIR = ROOT / "var" / "peers"
 PORTKEY_DIR = PEERS_DIR / "portkey"
 LITELLM_VENV = PEERS_DIR / "litellm-venv"
+GATEWAY_VENV = PEERS_DIR / "gateway-venv"
 PORTKEY_VERSION = "1.15.2"
 HONO_NODE_SERVER_VERSION = "1.14.1"
 LITELLM_VERSION = "1.106.12"
@@ -168,6 +177,24 @@ def _python311() -> str:
     return found
 
 
+def gateway_runtime_install() -> None:
+    """A venv with the project's runtime dependencies at the versions of ``constraints.txt``."""
+    if not (GATEWAY_VENV / "bin" / "pip").exists():
+        _run([_python311(), "-m", "venv", str(GATEWAY_VENV)])
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    _run([str(GATEWAY_VENV / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "constraints.txt"), *deps])
+    (GATEWAY_VENV / "installed-from").write_text((ROOT / "pyproject.toml").read_text())
+
+
+def gateway_runtime_python() -> Path | None:
+    """The production runtime's interpreter, when it is installed and its dependencies are current."""
+    python = GATEWAY_VENV / "bin" / "python"
+    stamp = GATEWAY_VENV / "installed-from"
+    if not python.exists() or not stamp.exists():
+        return None
+    return python if stamp.read_text() == (ROOT / "pyproject.toml").read_text() else None
+
+
 def litellm_install() -> None:
     """A venv of its own with ``litellm[proxy]`` pinned."""
     if not (LITELLM_VENV / "bin" / "pip").exists():
@@ -253,17 +280,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Install the peer gateways for bench/gateway.py --peers.")
     sub = parser.add_subparsers(dest="action", required=True)
     install = sub.add_parser("install", help="install the peers into var/peers/ (git-ignored)")
-    install.add_argument("names", nargs="*", help=f"peers to install (default: all of {', '.join(PEERS)})")
+    install.add_argument(
+        "names", nargs="*", help=f"what to install (default: gateway, the runtime, and {', '.join(PEERS)})"
+    )
     sub.add_parser("status", help="print what is installed")
     args = parser.parse_args(argv)
     if args.action == "install":
+        runtime = not args.names or "gateway" in args.names
+        others = [name for name in args.names if name != "gateway"]
         try:
-            names = parse_peers(",".join(args.names) or "all")
+            names = parse_peers(",".join(others) or ("all" if not args.names else ""))
         except ValueError as exc:
             parser.error(str(exc))
+        if runtime:
+            print("installing the gateway's production runtime ...", flush=True)
+            gateway_runtime_install()
         for name in names:
             print(f"installing {PEERS[name].label} ...", flush=True)
             PEERS[name].install()
+    runtime_python = gateway_runtime_python()
+    print(
+        f"{'gateway':8} {'production runtime in ' + str(GATEWAY_VENV) if runtime_python else 'not installed'}"
+    )
     for peer in PEERS.values():
         print(f"{peer.name:8} {peer.version() or 'not installed'}")
     return 0
