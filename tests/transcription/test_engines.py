@@ -87,3 +87,33 @@ def test_a_failing_progress_callback_drops_the_pieces_not_started(settings: Any,
         engine.transcribe(long_audio, Options(language="en"), progress)
     engine.pool.shutdown(wait=True)  # returns once the running piece is done
     assert len(started) == 1  # the waiting piece was cancelled, never run
+
+
+FROZEN_PROBE = """
+import gc, json, sys
+import django
+django.setup()
+from transcription.engines import decode, get_engine
+before = gc.get_freeze_count()
+get_engine("faster-whisper", "tiny.en")
+decode(sys.argv[1], 60)
+print(json.dumps({"before": before, "after": gc.get_freeze_count()}))
+"""
+
+
+def test_a_loaded_model_leaves_the_worker_frozen_out_of_the_collector(clips: dict[str, Path]) -> None:
+    # decode() runs a full collection after every file (PyAV's resampler cycles): with the worker's
+    # long-lived objects frozen once the model is loaded, it no longer walks them all (85 ms).
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.processes import child_env
+
+    path = str(next(iter(clips.values())))
+    done = subprocess.run([sys.executable, "-c", FROZEN_PROBE, path], env=child_env(), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["before"] == 0
+    assert found["after"] > 50_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 from transcription.engines.base import Engine, EngineError, Options, Result, decode
@@ -37,6 +38,11 @@ def get_engine(engine: str, model: str) -> Engine:
                     ) from exc
             else:
                 raise EngineError(f"Unknown transcription engine `{engine}`.")
+            # What is alive now (Django, the apps, the model's wrappers) lives as long as the worker:
+            # out of the collector's reach, the full collection decode() runs after every file
+            # (PyAV's resampler cycles) scans only the job's own objects: 2 ms instead of 85.
+            gc.collect()
+            gc.freeze()
         return _loaded[key]
 
 
