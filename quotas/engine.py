@@ -2,7 +2,7 @@
 
 With Redis, a Lua script checks and reserves all counters in one round trip, and a second script
 replaces the reservation by the actual usage and appends the usage event (so settlement is one
-round trip too). Without Redis, the same happens in the database with atomic conditional updates
+round trip too). Concurrent calls share their round trips (quotas/scripts.py). Without Redis, the same happens in the database with atomic conditional updates
 inside one transaction. The reservation is the worst case, so concurrent requests can never spend
 past a limit; the refusal is a 429 whose code tells rate limits (retryable) from quotas and
 budgets (not retryable).
@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from gateway.errors import GatewayError
+from quotas.scripts import batcher_for
 from quotas.windows import bounds, humanize
 
 logger = logging.getLogger(__name__)
@@ -298,20 +299,12 @@ class NotReady(Exception):
     """Redis lost its counters (restart, flush): rebuild them from the ledger first."""
 
 
-def _script(client: Any, source: str) -> Any:
-    """The registered script (EVALSHA, loaded once per server, reloaded by redis-py after a restart)."""
-    cache = client.__dict__.setdefault("_llmc_scripts", {})
-    if source not in cache:
-        cache[source] = client.register_script(source)
-    return cache[source]
-
-
 async def redis_admit(client: Any, counters: list[Counter]) -> None:
     keys = [c.redis_key for c in counters] + [READY_KEY]
     args: list[Any] = []
     for c in counters:
         args += [repr(c.rule.limit), repr(c.reserved), c.ttl]
-    result = await _script(client, ADMIT_LUA)(keys=keys, args=args)
+    result = await batcher_for(client).call(ADMIT_LUA, keys, args)
     status = int(result[0])
     if status == -1:
         raise NotReady
@@ -331,7 +324,7 @@ async def redis_settle(
     for c, delta in deltas:
         args += [repr(delta), c.ttl]
     args += [orjson.dumps(e) for e in events]
-    await _script(client, SETTLE_LUA)(keys=keys, args=args)
+    await batcher_for(client).call(SETTLE_LUA, keys, args)
 
 
 def redis_failure_policy(counters: list[Counter]) -> str:
