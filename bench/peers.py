@@ -183,7 +183,13 @@ def gateway_runtime_install() -> None:
         _run([_python311(), "-m", "venv", str(GATEWAY_VENV)])
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     _run([str(GATEWAY_VENV / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "constraints.txt"), *deps])
-    (GATEWAY_VENV / "installed-from").write_text((ROOT / "pyproject.toml").read_text())
+    (GATEWAY_VENV / "installed-from").write_text(_runtime_requirements())
+
+
+def _runtime_requirements() -> str:
+    """The project's runtime dependencies (pyproject.toml) and the pins they are installed at."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return "\n".join([*deps, "# constraints.txt", (ROOT / "constraints.txt").read_text()])
 
 
 def gateway_runtime_python() -> Path | None:
@@ -192,7 +198,7 @@ def gateway_runtime_python() -> Path | None:
     stamp = GATEWAY_VENV / "installed-from"
     if not python.exists() or not stamp.exists():
         return None
-    return python if stamp.read_text() == (ROOT / "pyproject.toml").read_text() else None
+    return python if stamp.read_text() == _runtime_requirements() else None
 
 
 def litellm_install() -> None:
