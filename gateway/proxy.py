@@ -24,6 +24,7 @@ from gateway.providers import adapter_for
 from gateway.providers.base import ErrorKind, UnsupportedOperation
 from gateway.sse import StreamMeter, Usage, usage_from
 from gateway.state import GatewayState
+from gateway.upstream import UpstreamResponse
 from quotas.engine import Demand, Reservation, RuleInfo
 from quotas.services import usage_admit, usage_settle
 
@@ -170,20 +171,6 @@ def demand_for(call: Call, model: ModelInfo, rules: tuple[RuleInfo, ...]) -> Dem
         output = min(asked, cap) if isinstance(asked, int) and asked > 0 else cap
     cost = (prompt * float(model.input_per_mtok) + output * float(model.output_per_mtok)) / 1e6
     return Demand(tokens=prompt + output, cost_usd=cost + images * float(model.per_image), images=images)
-
-
-_URLS: dict[str, httpx.URL] = {}
-URL_CACHE_SIZE = 1024
-
-
-def upstream_url(url: str) -> httpx.URL:
-    """``url`` parsed once: a deployment's few endpoint URLs would otherwise be parsed per request."""
-    parsed = _URLS.get(url)
-    if parsed is None:
-        if len(_URLS) >= URL_CACHE_SIZE:  # URLs with a per-request part (Azure, Gemini): start over
-            _URLS.clear()
-        parsed = _URLS[url] = httpx.URL(url)
-    return parsed
 
 
 async def proxy_call(state: GatewayState, call: Call, sink: Sink) -> None:
@@ -352,19 +339,17 @@ async def _attempt(
     strip_usage: bool,
 ) -> AttemptFailed | None:
     """One upstream call. None when the answer was relayed; the failure (not raised) otherwise."""
-    read_timeout = dep.chunk_timeout or dep.total_timeout
-    timeout = httpx.Timeout(read_timeout, connect=dep.connect_timeout)
-    # Straight to the pool (no httpx client: nothing of its cookies, auth or redirects applies).
-    http_request = httpx.Request(request.method, upstream_url(request.url), headers={**UPSTREAM_HEADERS, **request.headers},
-                                 content=request.body, extensions={"timeout": timeout.as_dict()})  # fmt: skip
+    # Straight to the pool (gateway.upstream): nothing of a client's cookies, auth or redirects applies.
+    sent = state.upstream.send(
+        request.method, request.url, {**UPSTREAM_HEADERS, **request.headers}, request.body,
+        read_timeout=dep.chunk_timeout or dep.total_timeout, connect_timeout=dep.connect_timeout,
+    )  # fmt: skip
     started = time.monotonic()
     try:
         if dep.first_byte_timeout:
-            upstream = await asyncio.wait_for(
-                state.transport.handle_async_request(http_request), dep.first_byte_timeout
-            )
+            upstream = await asyncio.wait_for(sent, dep.first_byte_timeout)
         else:
-            upstream = await state.transport.handle_async_request(http_request)
+            upstream = await sent
     except TimeoutError:
         return _failed(GatewayError(504, "The provider did not start answering in time.", code="upstream_timeout",
                                     type="timeout"), ErrorKind.TIMEOUT)  # fmt: skip
@@ -433,7 +418,7 @@ class _Prefetched:
         return b"".join([chunk async for chunk in self])
 
 
-async def _read_bounded(upstream: httpx.Response) -> bytes:
+async def _read_bounded(upstream: UpstreamResponse) -> bytes:
     data = b""
     async for chunk in upstream.aiter_raw():
         data += chunk
@@ -452,7 +437,7 @@ def _response_headers(call: Call, content_type: str) -> list[tuple[bytes, bytes]
 
 async def _relay_body(
     call: Call,
-    upstream: httpx.Response,
+    upstream: UpstreamResponse,
     body_chunks: _Prefetched,
     sink: Sink,
     adapter: Any,
@@ -494,7 +479,7 @@ def _text_of(parsed: dict[str, Any]) -> str:
 
 
 async def _relay_stream(
-    call: Call, upstream: httpx.Response, body_chunks: _Prefetched, sink: Sink, meter: Any
+    call: Call, upstream: UpstreamResponse, body_chunks: _Prefetched, sink: Sink, meter: Any
 ) -> None:
     headers = _response_headers(call, "text/event-stream; charset=utf-8")
     headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]

@@ -22,6 +22,7 @@ from gateway import generation, keys, routing
 from gateway.catalog import Principal, Snapshot, load_key, load_snapshot
 from gateway.entra import EntraTokens
 from gateway.errors import GatewayError
+from gateway.upstream import make_upstream
 from quotas.buffer import UNREACHABLE, Flusher, MemoryBuffer, RedisBuffer, cancel_requested
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,11 @@ T = TypeVar("T")
 
 
 def make_transport() -> httpx.AsyncBaseTransport:
-    """The one pooled upstream connection pool of this process.
+    """The connection pool of the gateway's own httpx calls (Entra ID's keys, not the proxied calls).
 
     httpx's API on aiohttp's connection pool: httpcore's pool costs O(connections) per request
-    and collapses under concurrency (bench/README.md has the figures), aiohttp's does not.
-    The proxy calls it directly (gateway.proxy): the client's cookie, auth, redirect and event
-    hook machinery cost about 150 µs of CPU per call, for nothing the gateway wants.
+    and collapses under concurrency (bench/README.md has the figures), aiohttp's does not. The
+    proxied calls go to aiohttp without httpx's layer (gateway.upstream).
     """
     limits = httpx.Limits(
         max_connections=settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS,
@@ -81,8 +81,8 @@ class GatewayState:
             RedisBuffer(self.redis, drain=settings.USAGE_WEB_DRAIN) if self.redis else MemoryBuffer()
         )
         self.flusher = Flusher(self.buffer)
-        self.transport = make_transport()
-        self.http = make_http_client(self.transport)
+        self.upstream = make_upstream()  # the proxy's provider calls (gateway.upstream)
+        self.http = make_http_client()
         # Entra ID access tokens: the tenant's signing keys and the principals of warm tokens.
         self.entra = EntraTokens(self.http)
         self.snapshot: Snapshot | None = None
@@ -113,6 +113,7 @@ class GatewayState:
             await asyncio.wait(set(self.pending), timeout=30)
         await self.flusher.stop()
         await self.http.aclose()
+        await self.upstream.aclose()
         if self.redis is not None:
             await self.redis.aclose()
 
