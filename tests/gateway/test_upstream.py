@@ -21,10 +21,15 @@ from tests.support.processes import free_port
 KINDS = ["aiohttp", "httpcore"]
 
 
-def make(kind: str) -> Upstream:
-    if kind == "aiohttp":
-        return AiohttpUpstream(max_connections=8)
-    return HttpxUpstream(httpx.AsyncHTTPTransport(trust_env=False))
+@pytest.fixture(params=KINDS)
+async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[Upstream]:
+    made: Upstream = (
+        AiohttpUpstream(max_connections=8)
+        if request.param == "aiohttp"
+        else HttpxUpstream(httpx.AsyncHTTPTransport(trust_env=False))
+    )
+    yield made
+    await made.aclose()
 
 
 @pytest.fixture
@@ -58,24 +63,19 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     await runner.cleanup()
 
 
-@pytest.mark.parametrize("kind", KINDS)
 async def test_a_call_sends_what_the_adapter_built_and_reads_the_answer_as_it_comes(
-    kind: str, server: tuple[str, list[dict[str, Any]]]
+    upstream: Upstream, server: tuple[str, list[dict[str, Any]]]
 ) -> None:
     base, seen = server
-    upstream = make(kind)
     headers = {"authorization": "Bearer sk-provider", "accept-encoding": "identity", "user-agent": "gw"}
-    try:
-        for _ in range(2):
-            answer = await upstream.send("POST", f"{base}/echo?api-version=2024-10-21", headers, b'{"a":1}',
-                                         read_timeout=5, connect_timeout=5)  # fmt: skip
-            assert answer.status_code == 201
-            assert answer.headers.get("x-upstream") == "yes" and answer.headers.get("X-UPSTREAM") == "yes"
-            chunks = [chunk async for chunk in answer.aiter_raw()]
-            await answer.aclose()
-            assert b"".join(chunks) == b"one two three"
-    finally:
-        await upstream.aclose()
+    for _ in range(2):
+        answer = await upstream.send("POST", f"{base}/echo?api-version=2024-10-21", headers, b'{"a":1}',
+                                     read_timeout=5, connect_timeout=5)  # fmt: skip
+        assert answer.status_code == 201
+        assert answer.headers.get("x-upstream") == "yes" and answer.headers.get("X-UPSTREAM") == "yes"
+        chunks = [chunk async for chunk in answer.aiter_raw()]
+        await answer.aclose()
+        assert b"".join(chunks) == b"one two three"
     first, second = seen
     assert first["path"] == "/echo?api-version=2024-10-21"
     assert first["body"] == b'{"a":1}'
@@ -88,19 +88,14 @@ async def test_a_call_sends_what_the_adapter_built_and_reads_the_answer_as_it_co
     assert "Cookie" not in second["headers"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
 async def test_a_refused_connection_is_a_502_and_a_stalled_answer_a_504(
-    kind: str, server: tuple[str, list[dict[str, Any]]]
+    upstream: Upstream, server: tuple[str, list[dict[str, Any]]]
 ) -> None:
     base, _ = server
-    upstream = make(kind)
-    try:
-        with pytest.raises(httpx.TransportError) as refused:
-            await upstream.send("POST", f"http://127.0.0.1:{free_port()}/v1", {}, b"{}", read_timeout=5,
-                                connect_timeout=2)  # fmt: skip
-        assert transport_error(refused.value).status == 502
-        with pytest.raises(httpx.TransportError) as stalled:
-            await upstream.send("POST", f"{base}/stall", {}, b"{}", read_timeout=0.3, connect_timeout=2)
-        assert transport_error(stalled.value).status == 504
-    finally:
-        await upstream.aclose()
+    with pytest.raises(httpx.TransportError) as refused:
+        await upstream.send("POST", f"http://127.0.0.1:{free_port()}/v1", {}, b"{}", read_timeout=5,
+                            connect_timeout=2)  # fmt: skip
+    assert transport_error(refused.value).status == 502
+    with pytest.raises(httpx.TransportError) as stalled:
+        await upstream.send("POST", f"{base}/stall", {}, b"{}", read_timeout=0.3, connect_timeout=2)
+    assert transport_error(stalled.value).status == 504
