@@ -22,7 +22,7 @@ from gateway import generation, keys, routing
 from gateway.catalog import Principal, Snapshot, load_key, load_snapshot
 from gateway.entra import EntraTokens
 from gateway.errors import GatewayError
-from gateway.upstream import make_upstream
+from gateway.upstream import make_transport, make_upstream
 from quotas.buffer import UNREACHABLE, Flusher, MemoryBuffer, RedisBuffer, cancel_requested
 
 logger = logging.getLogger(__name__)
@@ -32,25 +32,6 @@ NEGATIVE_TTL = 5.0
 # outage costs the hot path one failed connection per second rather than one per request.
 DB_RETRY_SECONDS = 1.0
 T = TypeVar("T")
-
-
-def make_transport() -> httpx.AsyncBaseTransport:
-    """The connection pool of the gateway's own httpx calls (Entra ID's keys, not the proxied calls).
-
-    httpx's API on aiohttp's connection pool: httpcore's pool costs O(connections) per request
-    and collapses under concurrency (bench/README.md has the figures), aiohttp's does not. The
-    proxied calls go to aiohttp without httpx's layer (gateway.upstream).
-    """
-    limits = httpx.Limits(
-        max_connections=settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS,
-        max_keepalive_connections=settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS,
-        keepalive_expiry=60,
-    )
-    if settings.GATEWAY_HTTP_TRANSPORT == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        return AiohttpTransport(limits=limits, trust_env=False)
-    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
 
 
 def make_http_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:

@@ -7,8 +7,8 @@ aiohttp's own and normalised every header twice: ``bench/hotpath.py`` measured 1
 per call at 16 and 64 concurrent calls against 159–164 µs for aiohttp alone, and 346 against
 265 µs for a call alone. So the proxy calls aiohttp itself, and keeps httpx's exceptions:
 errors are mapped exactly as httpx-aiohttp maps them (its ``map_aiohttp_exceptions``), so
-everything that reads them (``gateway.proxy.transport_error``, the relay) is unchanged. ``GATEWAY_HTTP_TRANSPORT=httpcore``
-sends through httpx's own pool instead.
+everything that reads them (``gateway.proxy.transport_error``, the relay) is unchanged.
+``GATEWAY_HTTP_TRANSPORT=httpcore`` sends through httpx's own pool instead.
 
 The session keeps no cookies (a provider's cookie must not travel with another user's request),
 decompresses nothing (the proxy asks for ``identity`` and relays bytes) and trusts the same
@@ -20,8 +20,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+import aiohttp
 import httpx
 from django.conf import settings
+from httpx_aiohttp.transport import map_aiohttp_exceptions
+from yarl import URL
 
 
 class UpstreamResponse(Protocol):
@@ -57,15 +60,11 @@ class _AiohttpResponse:
         self.headers = response.headers
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
-
         with map_aiohttp_exceptions():
             async for chunk in self._response.content.iter_chunked(self.CHUNK_SIZE):
                 yield chunk
 
     async def aclose(self) -> None:
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
-
         with map_aiohttp_exceptions():
             await self._response.__aexit__(None, None, None)
 
@@ -80,8 +79,6 @@ class AiohttpUpstream:
         self._timeouts: dict[tuple[float | None, float | None], Any] = {}
 
     def _session_now(self) -> Any:
-        import aiohttp
-
         connector = aiohttp.TCPConnector(
             limit=self.max_connections, keepalive_timeout=self.keepalive_expiry,
             ssl=httpx.create_ssl_context(trust_env=False),
@@ -95,8 +92,6 @@ class AiohttpUpstream:
     def _timeout(self, read: float | None, connect: float | None) -> Any:
         timeout = self._timeouts.get((read, connect))
         if timeout is None:
-            import aiohttp
-
             # httpx.Timeout(read, connect=connect) as httpx-aiohttp hands it over: the pool wait
             # (aiohttp's `connect`) is httpx's `pool`, which is the read value there.
             timeout = aiohttp.ClientTimeout(sock_connect=connect, sock_read=read, connect=read)
@@ -108,9 +103,6 @@ class AiohttpUpstream:
         self, method: str, url: str, headers: dict[str, str], body: bytes, *, read_timeout: float | None,
         connect_timeout: float | None,
     ) -> UpstreamResponse:  # fmt: skip
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
-        from yarl import URL
-
         session = self._session or self._session_now()
         with map_aiohttp_exceptions():
             response = await session.request(
@@ -150,13 +142,27 @@ class HttpxUpstream:
         await self.transport.aclose()
 
 
-def make_upstream() -> Upstream:
-    """The process's one pool of provider connections (``GATEWAY_HTTP_TRANSPORT``)."""
-    if settings.GATEWAY_HTTP_TRANSPORT == "aiohttp":
-        return AiohttpUpstream(settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS)
+def make_transport() -> httpx.AsyncBaseTransport:
+    """The connection pool of the gateway's own httpx calls (Entra ID's keys, not the proxied calls).
+
+    httpx's API on aiohttp's connection pool: httpcore's pool costs O(connections) per request
+    and collapses under concurrency (bench/README.md has the figures), aiohttp's does not.
+    ``GATEWAY_HTTP_TRANSPORT=httpcore`` makes it httpx's own, for these calls and the proxied ones.
+    """
     limits = httpx.Limits(
         max_connections=settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS,
         max_keepalive_connections=settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS,
         keepalive_expiry=60,
     )
-    return HttpxUpstream(httpx.AsyncHTTPTransport(limits=limits, trust_env=False))
+    if settings.GATEWAY_HTTP_TRANSPORT == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport(limits=limits, trust_env=False)
+    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+
+
+def make_upstream() -> Upstream:
+    """The process's one pool of provider connections (``GATEWAY_HTTP_TRANSPORT``)."""
+    if settings.GATEWAY_HTTP_TRANSPORT == "aiohttp":
+        return AiohttpUpstream(settings.GATEWAY_UPSTREAM_MAX_CONNECTIONS)
+    return HttpxUpstream(make_transport())

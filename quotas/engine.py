@@ -2,8 +2,8 @@
 
 With Redis, a Lua script checks and reserves all counters in one round trip, and a second script
 replaces the reservation by the actual usage and appends the usage event (so settlement is one
-round trip too). Concurrent calls share their round trips (quotas/scripts.py). Without Redis, the same happens in the database with atomic conditional updates
-inside one transaction. The reservation is the worst case, so concurrent requests can never spend
+round trip too); concurrent calls share their round trips (quotas/scripts.py). Without Redis,
+the same happens in the database with atomic conditional updates inside one transaction. The reservation is the worst case, so concurrent requests can never spend
 past a limit; the refusal is a 429 whose code tells rate limits (retryable) from quotas and
 budgets (not retryable).
 """

@@ -28,7 +28,7 @@ class ScriptBatcher:
         self.loop = asyncio.get_running_loop()
         self.queue: list[tuple[str, str, list[Any], list[Any], asyncio.Future[Any]]] = []
         self.busy = False  # a call or a batch is on the wire
-        self.sending: asyncio.Task[None] | None = None
+        self.sending: asyncio.Task[None] | None = None  # holds the sender task: the loop keeps weak refs
         self._shas: dict[str, str] = {}
         self.batches = 0  # pipelines sent (tests and benchmarks read them)
         self.calls = 0
