@@ -29,8 +29,8 @@ class LiveServer:
         sock.listen(1024)
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="on", loop="uvloop", http="httptools",
-            timeout_graceful_shutdown=2,
+            self.app, log_level="warning", access_log=False, lifespan="on", loop="uvloop",
+            http="config.http:HttpToolsProtocol", timeout_graceful_shutdown=2,  # as `manage.py serve`
         )  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -25,7 +25,7 @@ def server_command(server: str, host: str, port: int, workers: int) -> list[str]
         return [
             sys.executable, "-m", "uvicorn", "config.asgi:application",
             "--host", host, "--port", str(port), "--workers", str(workers),
-            "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+            "--loop", "uvloop", "--http", "config.http:HttpToolsProtocol", "--lifespan", "on",
             "--no-access-log", "--timeout-graceful-shutdown", "10",
         ]  # fmt: skip
     if server == "daphne":
