@@ -3,8 +3,9 @@
     .venv/bin/python bench/hotpath.py [--calls 8000]
 
 * ``redis``: one quota admission script call (three counters), through redis-py's registered
-  script (``script``, one EVALSHA per call, as before) and through ``quotas.scripts`` (``batched``:
-  concurrent calls share a pipeline), against a throw-away redis-server on core 1.
+  script (``script``, one EVALSHA per call, as before), through ``quotas.scripts`` (``batched``:
+  concurrent calls share a pipeline) and the same with commands packed by hiredis (``hiredis``, as
+  the gateway's client does), against a throw-away redis-server on core 1.
 * ``upstream``: one POST of a chat completion to the fake OpenAI upstream (core 1) with the body
   read, through httpx's API on aiohttp (``httpx-aiohttp``, as before) and through
   ``gateway.upstream`` (``aiohttp``, the session used directly).
@@ -34,17 +35,19 @@ sys.path.insert(0, str(ROOT))
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello benchmark"}]}'
 HEADERS = {"authorization": "Bearer sk-hotpath", "content-type": "application/json", "accept": "*/*",
            "accept-encoding": "identity", "user-agent": "llm-control-gateway"}  # fmt: skip
-WAYS = {"redis": ("script", "batched"), "upstream": ("httpx-aiohttp", "aiohttp")}
+WAYS = {"redis": ("script", "batched", "hiredis"), "upstream": ("httpx-aiohttp", "aiohttp")}
 
 
 async def _redis_calls(way: str, url: str, concurrency: int, calls: int) -> tuple[float, float]:
     import redis.asyncio as aioredis
 
     from quotas.engine import ADMIT_LUA, READY_KEY
-    from quotas.scripts import batcher_for
+    from quotas.scripts import batcher_for, use_hiredis_packing
 
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=128, timeout=2, socket_timeout=2,
                                                     health_check_interval=30)  # fmt: skip
+    if way == "hiredis":
+        use_hiredis_packing(pool)
     client = aioredis.Redis(connection_pool=pool)
     await client.set(READY_KEY, 1)
     script = client.register_script(ADMIT_LUA)

@@ -24,6 +24,7 @@ from gateway.entra import EntraTokens
 from gateway.errors import GatewayError
 from gateway.upstream import make_transport, make_upstream
 from quotas.buffer import UNREACHABLE, Flusher, MemoryBuffer, RedisBuffer, cancel_requested
+from quotas.scripts import use_hiredis_packing
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class GatewayState:
                 settings.REDIS_URL, max_connections=settings.GATEWAY_REDIS_MAX_CONNECTIONS, timeout=2,
                 socket_timeout=2, socket_connect_timeout=2, health_check_interval=30,
             )  # fmt: skip
+            use_hiredis_packing(pool)
             self.redis = aioredis.Redis(connection_pool=pool)
         self.buffer: MemoryBuffer | RedisBuffer = (
             RedisBuffer(self.redis, drain=settings.USAGE_WEB_DRAIN) if self.redis else MemoryBuffer()
@@ -170,13 +172,13 @@ class GatewayState:
         (revoked and expired keys stay refused; a revocation made meanwhile applies once the
         database is back); a key not seen before gets a 503.
         """
-        if not keys.well_formed(plaintext):
-            return None
         digest = keys.digest(plaintext)
         now = time.monotonic()
-        hit = self.keys.get(digest)
+        hit = self.keys.get(digest)  # only well-formed keys are ever cached
         if hit is not None and (hit[1] > now or (hit[0] is not None and self._db_resting())):
             return hit[0]
+        if hit is None and not keys.well_formed(plaintext):
+            return None  # not one of ours: neither cached nor looked up
         try:
             principal = await adb(load_key, digest)
         except DB_UNREACHABLE:

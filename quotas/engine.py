@@ -304,7 +304,7 @@ async def redis_admit(client: Any, counters: list[Counter]) -> None:
     args: list[Any] = []
     for c in counters:
         args += [repr(c.rule.limit), repr(c.reserved), c.ttl]
-    result = await batcher_for(client).call(ADMIT_LUA, keys, args)
+    result = await batcher_for(client, "admit").call(ADMIT_LUA, keys, args)
     status = int(result[0])
     if status == -1:
         raise NotReady
@@ -324,7 +324,7 @@ async def redis_settle(
     for c, delta in deltas:
         args += [repr(delta), c.ttl]
     args += [orjson.dumps(e) for e in events]
-    await batcher_for(client).call(SETTLE_LUA, keys, args)
+    await batcher_for(client, "settle").call(SETTLE_LUA, keys, args)
 
 
 def redis_failure_policy(counters: list[Counter]) -> str:

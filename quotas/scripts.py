@@ -7,6 +7,10 @@ while a batch is on the wire wait for it and then go together in one pipeline (o
 one write, one read): at concurrency 1 a call is sent at once as before, under load the cost is
 shared. Each script still runs atomically on the server, so admission and settlement mean what
 they meant; only the round trips are shared.
+
+The gateway's connections also pack their commands with hiredis's C packer, as redis-py's sync
+client does (`HiredisPacking`): redis-py's asyncio client packs in Python, 25 µs for one admission
+call against 4.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import asyncio
 import hashlib
 from typing import Any
 
-from redis.exceptions import NoScriptError
+import hiredis
+from redis.exceptions import DataError, NoScriptError
 
 MAX_BATCH = 64  # calls per pipeline; more wait for the next one
 
@@ -112,10 +117,43 @@ class ScriptBatcher:
             return await self.client.evalsha(sha, len(keys), *keys, *args)
 
 
-def batcher_for(client: Any) -> ScriptBatcher:
-    """The batcher of ``client`` on the running loop (a client used from another loop gets its own)."""
+def batcher_for(client: Any, lane: str = "") -> ScriptBatcher:
+    """The batcher of ``client`` and ``lane`` on the running loop (another loop gets its own).
+
+    Lanes are independent: a call never waits for another lane's batch to come back. The gateway
+    sends admissions and settlements on two lanes, so a request's admission does not wait behind
+    the previous request's settlement (at concurrency 1 it always would).
+    """
     loop = asyncio.get_running_loop()
-    batcher: ScriptBatcher | None = client.__dict__.get("_llmc_batcher")
+    batchers: dict[str, ScriptBatcher] = client.__dict__.setdefault("_llmc_batchers", {})
+    batcher = batchers.get(lane)
     if batcher is None or batcher.loop is not loop:
-        batcher = client.__dict__["_llmc_batcher"] = ScriptBatcher(client)
+        batcher = batchers[lane] = ScriptBatcher(client)
     return batcher
+
+
+class HiredisPacking:
+    """A redis-py asyncio connection mixin: commands packed by hiredis, byte for byte as redis-py packs them."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # As redis-py's sync HiredisRespSerializer: a command name may hold its subcommand.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            pass
+        args = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:  # what redis-py's own encoder refuses too (None, bool, objects)
+            raise DataError(str(exc)) from None
+
+
+def use_hiredis_packing(pool: Any) -> None:
+    """Make the connections ``pool`` opens pack with hiredis (TCP, TLS or Unix socket alike)."""
+    base = pool.connection_class
+    if not issubclass(base, HiredisPacking):
+        pool.connection_class = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})

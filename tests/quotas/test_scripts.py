@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
-from quotas.scripts import batcher_for
+from quotas.scripts import HiredisPacking, batcher_for, use_hiredis_packing
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.redis
@@ -24,6 +25,7 @@ FAILS_ON_BOOM = "if ARGV[1] == 'boom' then return redis.error_reply('boom refuse
 @pytest.fixture
 async def client() -> AsyncIterator[Any]:
     client = aioredis.Redis.from_url(settings.REDIS_URL)
+    use_hiredis_packing(client.connection_pool)  # as the gateway's client
     await client.delete(*[f"test:scripts:{i}" for i in range(40)])
     yield client
     await client.delete(*[f"test:scripts:{i}" for i in range(40)])
@@ -107,3 +109,71 @@ async def test_each_event_loop_has_its_own_batcher(client: Any) -> None:
 
     other = await asyncio.to_thread(elsewhere)
     assert other is not first and other.loop is not first.loop
+
+
+async def test_a_lane_never_waits_for_another_lanes_batch(client: Any) -> None:
+    settle, admit = batcher_for(client, "settle"), batcher_for(client, "admit")
+    assert settle is not admit and batcher_for(client, "admit") is admit
+    first = asyncio.ensure_future(settle.call(ECHO, ["test:scripts:2"], ["s1"]))
+    await asyncio.sleep(0)
+    assert settle.busy
+    second = asyncio.ensure_future(admit.call(ECHO, ["test:scripts:3"], ["a"]))
+    third = asyncio.ensure_future(settle.call(ECHO, ["test:scripts:2"], ["s2"]))
+    await asyncio.sleep(0)
+    assert admit.busy and not admit.queue  # on the wire at once, beside the settlement
+    assert len(settle.queue) == 1  # the same lane waits its turn
+    assert await asyncio.gather(first, second, third) == [
+        [b"test:scripts:2", b"s1", 1], [b"test:scripts:3", b"a", 1], [b"test:scripts:2", b"s2", 2]
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (
+            "EVALSHA",
+            "a" * 40,
+            2,
+            "q:{u1}:1:1764806400",
+            "quotas:{ready}",
+            "10000.0",
+            1.5,
+            0.1 + 0.2,
+            90000,
+            -3,
+        ),
+        (b"RPUSH", "usage:events", b'{"request_id":"r"}', "caf\u00e9 \u2603", 1e20),
+        ("SCRIPT LOAD", "return 1"),
+        (b"CLIENT SETNAME", b"x"),
+        ("SET", memoryview(b"k"), bytearray(b"v" * 10_000), b""),
+    ],
+)
+def test_hiredis_packs_commands_byte_for_byte_as_redis_py(args: tuple[Any, ...]) -> None:
+    ours = type("Packing", (HiredisPacking, Connection), {})()
+    assert b"".join(ours.pack_command(*args)) == b"".join(Connection().pack_command(*args))
+
+
+@pytest.mark.parametrize("bad", [None, True, object()])
+def test_hiredis_packing_refuses_what_redis_py_refuses(bad: Any) -> None:
+    ours = type("Packing", (HiredisPacking, Connection), {})()
+    with pytest.raises(DataError):
+        Connection().pack_command("SET", "k", bad)
+    with pytest.raises(DataError):
+        ours.pack_command("SET", "k", bad)
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("redis://h:1/0", Connection),
+        ("rediss://h:1/0", SSLConnection),
+        ("unix:///tmp/r.sock", UnixDomainSocketConnection),
+    ],
+)
+def test_every_kind_of_gateway_connection_packs_with_hiredis(url: str, base: type) -> None:
+    pool = aioredis.BlockingConnectionPool.from_url(url)
+    use_hiredis_packing(pool)
+    use_hiredis_packing(pool)  # twice is once
+    assert issubclass(pool.connection_class, HiredisPacking)
+    assert pool.connection_class.__mro__[1:3] == (HiredisPacking, base)
+    assert isinstance(pool.make_connection(), base)
