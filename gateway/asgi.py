@@ -353,22 +353,27 @@ def _route(method: str, path: str, scope: Scope) -> tuple[str, str | None, str |
 
 async def _run_watching_disconnect(state: GatewayState, call: Call, sink: ASGISink, receive: Receive) -> None:
     """Run the proxy while listening for the client leaving; a disconnect cancels the upstream call."""
-    work = asyncio.ensure_future(proxy_call(state, call, sink))
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
 
     async def watch() -> None:
+        nonlocal left
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 if not sink.finished:  # after a complete response a disconnect is just the end
-                    work.cancel()
+                    left = True
+                    task.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await work
+        await proxy_call(state, call, sink)
     except asyncio.CancelledError:
-        if watcher.done():
-            return  # the client left; the call was cancelled and accounted
+        # The client left: the call was cancelled and accounted. Any other cancel goes on.
+        if left and task.uncancel() == 0:
+            return
         raise
     finally:
         watcher.cancel()

@@ -346,8 +346,9 @@ async def _attempt(
     )  # fmt: skip
     started = time.monotonic()
     try:
-        if dep.first_byte_timeout:
-            upstream = await asyncio.wait_for(sent, dep.first_byte_timeout)
+        if dep.first_byte_timeout:  # asyncio.timeout: Python 3.11's wait_for costs a task
+            async with asyncio.timeout(dep.first_byte_timeout):
+                upstream = await sent
         else:
             upstream = await sent
     except TimeoutError:
@@ -362,11 +363,11 @@ async def _attempt(
         # arrived nothing reached the client, so a timeout still moves on to the next deployment.
         left = (dep.first_byte_timeout - (time.monotonic() - started)) if dep.first_byte_timeout else None
         try:
-            first = (
-                await asyncio.wait_for(anext(chunks, b""), left)
-                if left is not None
-                else await anext(chunks, b"")
-            )
+            if left is None:
+                first = await anext(chunks, b"")
+            else:
+                async with asyncio.timeout(left):
+                    first = await anext(chunks, b"")
         except TimeoutError:
             await upstream.aclose()
             return _failed(GatewayError(504, "The provider did not start answering in time.", code="upstream_timeout",
