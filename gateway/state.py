@@ -98,7 +98,7 @@ class GatewayState:
         await self.http.aclose()
         await self.upstream.aclose()
         if self.redis is not None:
-            await self.redis.aclose()
+            await self.redis.aclose(close_connection_pool=True)  # the quota lanes' connections too
 
     # --- the change signal --------------------------------------------------------------------
     async def read_generation(self) -> int:

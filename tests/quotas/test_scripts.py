@@ -12,6 +12,7 @@ from django.conf import settings
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from quotas.scripts import HiredisPacking, batcher_for, use_hiredis_packing
 from tests.support.processes import free_port
@@ -29,7 +30,7 @@ async def client() -> AsyncIterator[Any]:
     await client.delete(*[f"test:scripts:{i}" for i in range(40)])
     yield client
     await client.delete(*[f"test:scripts:{i}" for i in range(40)])
-    await client.aclose()
+    await client.aclose(close_connection_pool=True)
 
 
 async def test_concurrent_calls_go_in_one_pipeline_each_with_its_own_result(client: Any) -> None:
@@ -95,6 +96,38 @@ async def test_an_unreachable_server_fails_every_call_and_nothing_hangs() -> Non
     assert all(isinstance(r, RedisConnectionError) for r in results), results
     assert not batcher.busy
     await client.aclose()
+
+
+async def test_a_lane_talks_on_one_connection_of_the_pool_and_replaces_it_when_broken() -> None:
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    await client.delete("test:scripts:4")
+    batcher = batcher_for(client, "admit")
+    await batcher.call(ECHO, ["test:scripts:4"], ["a"])
+    lane = batcher.connection
+    assert lane in client.connection_pool._in_use_connections  # the pool closes it with the rest
+    await asyncio.gather(*(batcher.call(ECHO, ["test:scripts:4"], [str(i)]) for i in range(10)))
+    assert batcher.connection is lane and batcher.timeout == 2 and lane.socket_timeout is None
+    # The server drops it (a restart, an idle timeout, CLIENT KILL): the next call reconnects once.
+    killed = await client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    assert (await batcher.call(ECHO, ["test:scripts:4"], ["b"]))[2] == 12
+    await client.delete("test:scripts:4", "test:scripts:5")
+    await client.aclose(close_connection_pool=True)
+    assert not lane.is_connected
+
+
+async def test_a_lane_whose_exchange_outlives_the_socket_timeout_fails_and_starts_afresh() -> None:
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.05)
+    await client.delete("test:scripts:5")
+    batcher = batcher_for(client, "admit")
+    spin = "local t = redis.call('TIME') repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1e6 + (n[2] - t[2]) > 300000 return 1"
+    with pytest.raises(RedisTimeoutError):
+        await batcher.call(spin, [], [])
+    assert not batcher.connection.is_connected and not batcher.busy  # its reply will never be read
+    await asyncio.sleep(0.4)  # the script finishes on the server
+    assert await batcher.call(ECHO, ["test:scripts:5"], ["a"]) == [b"test:scripts:5", b"a", 1]
+    await client.delete("test:scripts:5")
+    await client.aclose(close_connection_pool=True)
 
 
 async def test_each_event_loop_has_its_own_batcher(client: Any) -> None:
