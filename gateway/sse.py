@@ -41,6 +41,11 @@ def _data(event: bytes) -> bytes:
     return b"\n".join(lines)
 
 
+def _no_usage(data: bytes) -> bool:
+    """True when ``data`` holds no usage object: OpenAI sends `"usage":null` in every chunk but the last."""
+    return data.count(b'"usage"') == data.count(b'"usage":null')
+
+
 class StreamMeter:
     """Feeds upstream bytes through, collecting usage; optionally removes the usage-only chunk."""
 
@@ -48,11 +53,15 @@ class StreamMeter:
         self.strip_usage_chunk = strip_usage_chunk
         self.pending = b""
         self.usage: Usage | None = None
-        self.events: list[bytes] = []  # data payloads kept to count tokens if no usage ever comes
+        self.seen: list[bytes] = []  # the bytes read while no usage came: counted if none ever does
         self.saw_done = False
 
     def feed(self, chunk: bytes) -> bytes:
         """Return what may be sent to the client now."""
+        if self.usage is None:
+            self.seen.append(chunk)
+        if not self.pending and chunk.endswith(b"\n\n") and b"[DONE]" not in chunk and _no_usage(chunk):
+            return chunk  # whole events, none with usage or the end: through as they came
         self.pending += chunk
         out: list[bytes] = []
         start = 0
@@ -70,9 +79,9 @@ class StreamMeter:
         return rest if rest and self._keep(rest) else b""
 
     def _keep(self, event: bytes) -> bool:
-        data = _data(event)
-        if not data:
+        if b"[DONE]" not in event and _no_usage(event):
             return True
+        data = _data(event)
         if data == b"[DONE]":
             self.saw_done = True
             return True
@@ -87,14 +96,13 @@ class StreamMeter:
                 if usage is not None:
                     self.usage = usage
                     return not (self.strip_usage_chunk and obj.get("choices") == [])
-        if self.usage is None:
-            self.events.append(data)
         return True
 
     def completion_text(self) -> str:
         """The generated text (content, tool-call arguments) of the events seen, for local counting."""
         parts: list[str] = []
-        for data in self.events:
+        for event in _EVENT_END.split(b"".join(self.seen)):
+            data = _data(event)
             try:
                 obj = orjson.loads(data)
             except orjson.JSONDecodeError:
