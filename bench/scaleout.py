@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, default=None, help="default bench/results/scaleout-<time>.json"
     )
     args = parser.parse_args(argv)
+    args.web_drain = True  # no usage_writer here: with Redis, the web processes write the ledger
     try:
         args.processes = [int(p) for p in args.processes.split(",") if p.strip()]
     except ValueError:
