@@ -3,11 +3,12 @@
 The bench builds a throw-away deployment in a temporary DATA_DIR (migrate, ``gateway_sync`` of a
 generated YAML file with three quota rules for the bench user, ``issue_key``). For each upstream
 latency it starts the fake OpenAI upstream pinned to core 1, the gateway (the production uvicorn
-command line of ``manage.py serve``) and any ``--peers`` (Portkey, LiteLLM; see ``bench/peers.py``)
-pinned to core 0, then runs ``hey`` (on core 1) against the fake DIRECTLY and THROUGH each target,
-non-streaming and streaming, at several concurrencies, and times the first byte of streams with
-an httpx client at c=1. It reports requests/s, p50/p99, the latency each target adds, its CPU%
-and peak RSS, gateway/peer throughput ratios and errors.
+command line of ``manage.py serve``) and any ``--peers`` (Portkey, LiteLLM, the bare relay of
+``bench/floor.py``; see ``bench/peers.py``) pinned to core 0, then runs ``hey`` (on core 1)
+against the fake DIRECTLY and THROUGH each target, non-streaming and streaming, at several
+concurrencies, and times the first byte of streams with an httpx client at c=1. It reports
+requests/s, p50/p99, the latency each target adds, its CPU% and peak RSS, gateway/peer
+throughput ratios and errors.
 
 Usage::
 

@@ -2,7 +2,7 @@
 
 Their code is installed from the registries into ``var/peers/`` (git-ignored), never committed::
 
-    .venv/bin/python bench/peers.py install              # both, and the gateway's production runtime
+    .venv/bin/python bench/peers.py install              # every peer, and the gateway's production runtime
     .venv/bin/python bench/peers.py install portkey      # or one of them (``gateway``: the runtime)
     .venv/bin/python bench/peers.py status
 
@@ -29,6 +29,8 @@ Their code is installed from the registries into ``var/peers/`` (git-ignored), n
   ``api_base`` the fake's ``/v1``), a random master key (it refuses to start without one) and no
   database; ``LITELLM_LOCAL_MODEL_COST_MAP=True`` so it does not fetch its price list from GitHub
   at start-up. Otherwise its default settings.
+* **The floor** (``bench/floor.py``, nothing to install): a bare aiohttp relay served with the
+  gateway's own command line on the gateway's runtime: what the extra hop alone adds.
 """
 
 from __future__ import annotations
@@ -260,7 +262,31 @@ def litellm_launch(port: int, upstream_v1: str, upstream_key: str, tmp: Path) ->
     )
 
 
+# --- the floor: a bare relay ---------------------------------------------------------------------
+
+
+def floor_version() -> str:
+    """Nothing to install: ``bench/floor.py`` of this checkout on the gateway's runtime."""
+    return "bench/floor.py"
+
+
+def floor_launch(port: int, upstream_v1: str, upstream_key: str, tmp: Path) -> PeerLaunch:
+    """``bench/floor.py`` served with the gateway's own uvicorn settings, on its interpreter."""
+    from config.management.commands.serve import server_command
+
+    python = gateway_runtime_python() or Path(sys.executable)
+    _, *args = server_command("uvicorn", "127.0.0.1", port, 1)  # the gateway's own command line
+    return PeerLaunch(
+        command=[str(python), *("bench.floor:app" if a == "config.asgi:application" else a for a in args)],
+        env={**_env(), "FLOOR_UPSTREAM": upstream_v1, "PYTHONPATH": str(ROOT)},
+        headers={"Authorization": f"Bearer {upstream_key}"},
+        ready_path="/livez",
+        cwd=ROOT,
+    )
+
+
 PEERS: dict[str, Peer] = {
+    "floor": Peer("floor", "bare relay (bench/floor.py)", lambda: None, floor_version, floor_launch),
     "portkey": Peer(
         "portkey", f"Portkey {PORTKEY_VERSION}", portkey_install, portkey_version, portkey_launch
     ),
