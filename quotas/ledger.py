@@ -7,7 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Case, DateTimeField, F, Value, When
+from django.db.models.functions import Coalesce, Greatest
 
 from quotas.models import UsageEvent
 from quotas.rollups import events_insert, rollups_add
@@ -80,24 +81,27 @@ def events_write(*, events: list[dict[str, Any]]) -> int:
     with transaction.atomic():
         # Only the rows actually inserted (not duplicates of a re-sent batch) reach the rollups.
         rollups_add(events=events_insert(rows=rows))
-        # One UPDATE per key per batch, never per request; never moves last_used_at backwards.
+        # Never per request: one conditional UPDATE per key not used before (it decides the first
+        # use even between concurrent writers), one UPDATE for all the others; never backwards.
         unused = set(
             ApiKey.objects.filter(pk__in=list(last_use), last_used_at__isnull=True).values_list(
                 "pk", flat=True
             )
         )
+        moments = {key_id: datetime.fromtimestamp(ts, tz=UTC) for key_id, ts in last_use.items()}
         first_uses: dict[int, datetime] = {}
-        for key_id, ts in last_use.items():
-            moment = datetime.fromtimestamp(ts, tz=UTC)
-            # The conditional UPDATE decides the first use even between concurrent writers.
-            if key_id in unused and ApiKey.objects.filter(pk=key_id, last_used_at__isnull=True).update(
-                last_used_at=moment
+        for key_id in unused:
+            if ApiKey.objects.filter(pk=key_id, last_used_at__isnull=True).update(
+                last_used_at=moments[key_id]
             ):
-                first_uses[key_id] = moment
-                continue
-            ApiKey.objects.filter(pk=key_id).filter(
-                Q(last_used_at__isnull=True) | Q(last_used_at__lt=moment)
-            ).update(last_used_at=moment)
+                first_uses[key_id] = moments[key_id]
+        used = {key_id: moment for key_id, moment in moments.items() if key_id not in first_uses}
+        if used:
+            latest = Case(*(When(pk=key_id, then=Value(moment)) for key_id, moment in used.items()),
+                          output_field=DateTimeField())  # fmt: skip
+            ApiKey.objects.filter(pk__in=list(used)).update(
+                last_used_at=Greatest(Coalesce(F("last_used_at"), latest), latest)
+            )
         if first_uses:
             from portal.audit import keys_first_use
 

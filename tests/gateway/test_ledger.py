@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -13,7 +15,8 @@ from django.contrib.auth.models import Group
 
 from gateway.models import ApiKey
 from gateway.services import key_issue
-from portal.models import App
+from portal.models import App, AuditEvent
+from quotas.ledger import events_write
 from quotas.models import UsageEvent
 from tests.support.processes import child_env, free_port, manage, running
 
@@ -64,3 +67,27 @@ def test_a_graceful_stop_loses_no_event(catalog: Any, alice_key: Any) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert set(UsageEvent.objects.values_list("request_id", flat=True)) == set(ids)
+
+
+def _used(key: ApiKey, moment: datetime) -> dict[str, Any]:
+    return {"request_id": uuid.uuid4().hex, "ts": moment.timestamp(), "key_id": key.pk, "user_id": key.user_id,
+            "group_ids": [], "endpoint": "chat/completions", "model": "gpt-4o-mini", "status": 200}  # fmt: skip
+
+
+def test_a_batch_sets_each_keys_latest_use_once_and_never_moves_it_back(alice: Any, bob: Any) -> None:
+    fresh, _ = key_issue(name="fresh", user=alice)
+    known, _ = key_issue(name="known", user=bob)
+    ahead, _ = key_issue(name="ahead", user=bob)
+    t = [datetime(2026, 12, 1, 9, minute, tzinfo=UTC) for minute in range(6)]
+    ApiKey.objects.filter(pk=known.pk).update(last_used_at=t[0])
+    ApiKey.objects.filter(pk=ahead.pk).update(last_used_at=t[5])
+
+    events_write(events=[_used(fresh, t[1]), _used(fresh, t[3]), _used(known, t[2]), _used(known, t[1]),
+                         _used(ahead, t[4])])  # fmt: skip
+    events_write(events=[_used(fresh, t[2])])  # older than what the first batch recorded
+
+    assert ApiKey.objects.get(pk=fresh.pk).last_used_at == t[3]
+    assert ApiKey.objects.get(pk=known.pk).last_used_at == t[2]
+    assert ApiKey.objects.get(pk=ahead.pk).last_used_at == t[5]
+    first = AuditEvent.objects.filter(action="key.first_use")
+    assert sorted(int(e.object_id) for e in first) == [fresh.pk]
