@@ -145,7 +145,7 @@ def rollup_rows(events: Iterable[UsageEvent]) -> dict[tuple[Any, ...], dict[str,
 
     The events of a batch mostly share their dimensions (one busy key, one model): they are summed
     per combination of dimensions first, and each combination is then spread over the ten grains
-    once, not each event (a writer's batch of 500 costs a fifth of what it did).
+    once, not each event (for a 500-event batch from one key: about a third of the time).
     """
     combos: dict[tuple[Any, ...], dict[str, Any]] = {}
     for event in events:
