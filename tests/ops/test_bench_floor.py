@@ -1,7 +1,7 @@
 """bench/floor.py, the bare relay the gateway benchmark measures as the floor: it must relay for real.
 
 Its figures only mean something if it does the same work on the wire as the gateway: the request to
-the upstream with the client's key, the answer back byte for byte, a stream as it comes.
+the upstream with the client's key, the answer back as it came, a stream event for event.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def test_it_relays_a_chat_completion_with_the_clients_key(
     assert fake.last_request.body == BODY
 
 
-async def test_it_relays_a_stream_byte_for_byte(client: httpx.AsyncClient, fake: FakeOpenAI) -> None:
+async def test_it_relays_a_stream_event_for_event(client: httpx.AsyncClient, fake: FakeOpenAI) -> None:
     body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
     headers = {"Authorization": f"Bearer {fake.api_key}"}
     async with httpx.AsyncClient() as direct:
